@@ -1,0 +1,99 @@
+"""From a backbone and a method to the SplitNetwork that gets trained.
+
+The feature-map shape each head needs is found by running one example input through the
+units, so heads work on any network without the user stating shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from glcan.core.network import CheckpointedSequential, SplitNetwork
+from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundaries, check_num_blocks, uniform_boundaries
+from glcan.heads import ModuleHead, build_head
+from glcan.models.backbone import Backbone
+
+METHODS = ("e2e", "e2e_checkpoint", "local")
+
+
+@torch.no_grad()
+def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """The output shape (without the batch dimension) of every unit, for one example input."""
+    modes = [u.training for u in units]
+    x = torch.zeros(2, *image_shape)
+    shapes = []
+    try:
+        for u in units:
+            u.eval()  # no BatchNorm statistics are touched by the probe
+            x = u(x)
+            shapes.append(tuple(x.shape[1:]))
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(
+            f"the backbone cannot take inputs of shape {tuple(image_shape)} (unit {len(shapes)}: {first})"
+        ) from None
+    finally:
+        for u, m in zip(units, modes):
+            u.train(m)
+    return shapes
+
+
+def make_heads(
+    aux: str,
+    shapes: Sequence[tuple[int, ...]],
+    boundaries: Sequence[int],
+    num_classes: int,
+    image_shape: Sequence[int],
+    aux_kwargs: Optional[dict[str, Any]] = None,
+) -> list[nn.Module]:
+    """One head of kind ``aux`` on the output of every block."""
+    ranges = block_ranges(boundaries, len(shapes))
+    return [
+        build_head(
+            aux, tuple(shapes[last - 1]), num_classes, image_shape=tuple(image_shape),
+            block_index=k, num_blocks=len(ranges), **(aux_kwargs or {}),
+        )
+        for k, (_, last) in enumerate(ranges)
+    ]
+
+
+def resolve_boundaries(
+    split: SplitSpec, num_units: int, num_blocks: int, memory_split: Optional[Callable[[int], list[int]]] = None
+) -> list[int]:
+    """Turn a split spec into boundaries. ``memory_split(K)`` places them by predicted memory."""
+    if isinstance(split, str):
+        check_num_blocks(num_units, num_blocks)
+        if split == "uniform":
+            return uniform_boundaries(num_units, num_blocks)
+        if split == "memory":
+            if memory_split is None or num_blocks == 1:
+                return uniform_boundaries(num_units, num_blocks)
+            return memory_split(num_blocks)
+        raise SplitError(f"model.split must be 'uniform', 'memory' or a list of unit indices, got {split!r}")
+    boundaries = check_boundaries(split, num_units)
+    if num_blocks != len(boundaries) + 1:
+        raise SplitError(
+            f"model.split {boundaries} makes {len(boundaries) + 1} blocks but model.num_blocks is {num_blocks}"
+        )
+    return boundaries
+
+
+def build_network(
+    backbone: Backbone,
+    method: str,
+    boundaries: Sequence[int],
+    heads: Sequence[nn.Module],
+) -> SplitNetwork:
+    """Assemble the trained network: E2E keeps one block and the backbone's own classifier."""
+    if method not in METHODS:
+        raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
+    units = list(backbone.units)
+    if method == "e2e":
+        return SplitNetwork([nn.Sequential(*units)], [ModuleHead(backbone.classifier)])
+    if method == "e2e_checkpoint":
+        return SplitNetwork([CheckpointedSequential(*units)], [ModuleHead(backbone.classifier)])
+    blocks = [nn.Sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]
+    return SplitNetwork(blocks, heads, boundaries)

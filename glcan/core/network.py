@@ -1,0 +1,71 @@
+"""The network as glcan trains it: K blocks, each followed by its head.
+
+End-to-end training is the special case of one block whose head is the backbone's own
+classifier, so every method shares this one structure and a comparison differs only in how
+the step updates it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from glcan.heads.base import AuxHead
+
+
+class CheckpointedSequential(nn.Sequential):
+    """Units run under per-unit gradient checkpointing while training.
+
+    Only each unit's input is kept during the forward pass; a unit's activations are recomputed
+    when its backward runs. This is the memory-saving alternative users weigh local learning
+    against. Note that BatchNorm's running statistics see the recomputed forward too (the usual
+    behaviour of torch.utils.checkpoint).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self:
+            if self.training and torch.is_grad_enabled():
+                x = checkpoint(unit, x, use_reentrant=False)
+            else:
+                x = unit(x)
+        return x
+
+
+class SplitNetwork(nn.Module):
+    """Blocks and their heads.
+
+    Args:
+        blocks: K modules applied in order; block k's input is block k-1's output.
+        heads: K heads; head k maps block k's output to logits. The last one is the network's
+            classifier.
+        boundaries: the unit index at which each block after the first starts (for summaries).
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], heads: Sequence[AuxHead], boundaries: Sequence[int] = ()) -> None:
+        super().__init__()
+        if len(blocks) != len(heads):
+            raise ValueError(f"{len(blocks)} blocks but {len(heads)} heads: need one head per block")
+        self.blocks = nn.ModuleList(blocks)
+        self.heads = nn.ModuleList(heads)
+        self.boundaries = list(boundaries)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the last head: the network's prediction."""
+        for block in self.blocks:
+            x = block(x)
+        return self.heads[-1](x)
+
+    def all_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every head's logits, for the layer-wise accuracy curve (evaluation only)."""
+        out = []
+        for block, head in zip(self.blocks, self.heads):
+            x = block(x)
+            out.append(head(x))
+        return out

@@ -1,0 +1,125 @@
+"""Loggers: a CSV log always, Weights & Biases when it can work.
+
+W&B must never cost a user their training run: with no API key it runs offline (and says how
+to sync later), ``WANDB_MODE=disabled`` or ``--logger false`` turns it off, and any W&B error
+(bad key, no network, an unwritable directory) is reported once while training carries on with
+the CSV log. Results are always read back from the CSV log and summary.json, never from W&B.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+
+@dataclass
+class WandbOptions:
+    """Weights & Biases settings (``--logger false`` turns W&B off; the CSV log stays).
+
+    Args:
+        project: the W&B project.
+        group: runs of one comparison share a group (the comparison sets it).
+        job_type: defaults to the method (e2e, e2e_checkpoint, local).
+        tags: extra tags; arch, dataset, K and aux are always added.
+        mode: ``auto`` (online with an API key, offline without), ``online``, ``offline`` or ``disabled``.
+    """
+
+    project: str = "glcan"
+    group: Optional[str] = None
+    job_type: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"
+
+
+def has_api_key() -> bool:
+    """True if W&B has a key without asking the network: the environment or ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def wandb_mode(options: WandbOptions) -> str:
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("disabled", "offline", "online"):
+        return env
+    if options.mode != "auto":
+        return options.mode
+    return "online" if has_api_key() else "offline"
+
+
+class SafeWandbLogger(WandbLogger):
+    """A WandbLogger whose failures turn into one warning and silence, never a crashed run."""
+
+    _failed = False
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        if self._failed:
+            return None
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any W&B failure must not stop training
+            self._failed = True
+            rank_zero_warn(f"W&B failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                           "training continues with the CSV log only")
+            return None
+
+    def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
+        self._guard(lambda: WandbLogger.log_metrics(self, metrics, step))
+
+    def log_hyperparams(self, params: Any) -> None:
+        self._guard(lambda: WandbLogger.log_hyperparams(self, params))
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """Set W&B summary metrics (the run's final figures)."""
+        def update() -> None:
+            self.experiment.summary.update(values)
+        self._guard(update)
+
+    def finalize(self, status: str) -> None:
+        self._guard(lambda: WandbLogger.finalize(self, status))
+
+    @property
+    def usable(self) -> bool:
+        return not self._failed and self._guard(lambda: self.experiment) is not None
+
+
+def build_loggers(
+    save_dir: str, name: str, version: Optional[str], options: Any, run_config: dict[str, Any], tags: list[str], job_type: str
+) -> list[Logger]:
+    """The CSV logger (first: its directory is the run directory), and W&B unless turned off."""
+    loggers: list[Logger] = [CSVLogger(save_dir=save_dir, name=name, version=version)]
+    if options is False or options is None:
+        return loggers
+    options = options if isinstance(options, WandbOptions) else WandbOptions(**vars(options)) if not isinstance(options, bool) else WandbOptions()
+    mode = wandb_mode(options)
+    if mode == "disabled":
+        return loggers
+    run_dir = loggers[0].log_dir
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wandb = SafeWandbLogger(
+            name=f"{name}" if version in (None, "") else f"{name}/{version}", save_dir=run_dir, project=options.project,
+            offline=mode == "offline", group=options.group, job_type=options.job_type or job_type,
+            tags=[*tags, *options.tags], config=run_config,
+        )
+    if wandb.usable:
+        loggers.append(wandb)
+    return loggers
+
+
+def wandb_run_dir(loggers: list[Logger]) -> Optional[str]:
+    """The local directory of the W&B run, if there is one."""
+    for lg in loggers:
+        if isinstance(lg, SafeWandbLogger) and lg.usable:
+            return lg._guard(lambda: lg.experiment.dir and os.path.dirname(lg.experiment.dir))
+    return None

@@ -1,0 +1,118 @@
+"""Predict the training memory of any config without allocating it.
+
+The model, its optimizers and one batch are built under ``FakeTensorMode``: tensors carry
+shapes and dtypes but no data, so ResNet-110 at batch 1024 costs nothing to "allocate". Two
+training steps run under the :class:`~glcan.memory.tracker.MemoryTracker` (the first creates
+gradients and optimizer state, the second is the steady state that is reported), using the
+very step functions that training uses. On real tensors the same code is the CPU meter, which
+is how the two are tested against each other.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from glcan.core.step import e2e_step, local_step
+from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
+
+
+@dataclass
+class MemoryEstimate:
+    """The steady-state peak of one training step, and where it comes from."""
+
+    method: str
+    num_blocks: int
+    boundaries: list[int]
+    peak_bytes: int
+    parts: dict[str, int]
+    peak_block: Optional[int]
+    block_peaks: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def fake_mode() -> Iterator[Optional[FakeTensorMode]]:
+    """A FakeTensorMode, or the one already active (the predictor builds models that compute
+    their own memory split, and the two must share one mode)."""
+    active = detect_fake_mode()
+    with nullcontext(active) if active is not None else FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        yield mode
+
+
+def optimizers_of(module: Any) -> list[torch.optim.Optimizer]:
+    """The torch optimizers that ``configure_optimizers`` returns (one per block, or one)."""
+    configs = module.configure_optimizers()
+    configs = configs if isinstance(configs, list) else [configs]
+    return [c["optimizer"] if isinstance(c, dict) else c for c in configs]
+
+
+def run_training_step(module: Any, x: torch.Tensor, y: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """One step exactly as GLCanModule trains, without a Trainer: local blocks zero their
+    gradients right after stepping; E2E zeroes before the forward, as Lightning does."""
+    if module.hparams.method == "local":
+        def step(k: int) -> None:
+            optimizers[k].step()
+            optimizers[k].zero_grad(set_to_none=True)
+        local_step(module.net, x, y, step=step)
+    else:
+        optimizers[0].zero_grad(set_to_none=True)
+        e2e_step(module.net, x, y, step=lambda k: optimizers[0].step())
+
+
+def measure_steps(module: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2, precision: str = "32-true") -> MemoryEstimate:
+    """Run ``steps`` training steps under the tracker; report the last one (real or fake tensors).
+    ``bf16-mixed`` runs the steps under autocast, as Lightning does."""
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+    module.train()
+    optimizers = optimizers_of(module)
+    tracker = MemoryTracker()
+    with tracker, watch_network(tracker, module.net, optimizers):
+        tracker.register([x, y], "input")
+        for i in range(steps):
+            if i == steps - 1:
+                tracker.reset_peak()
+            with autocast:
+                run_training_step(module, x, y, optimizers)
+    return _estimate(module, tracker)
+
+
+def _estimate(module: Any, tracker: MemoryTracker) -> MemoryEstimate:
+    k = module.net.num_blocks
+    return MemoryEstimate(
+        method=module.hparams.method,
+        num_blocks=k,
+        boundaries=list(module.net.boundaries),
+        peak_bytes=int(tracker.peak),
+        parts={c: int(tracker.peak_parts.get(c, 0)) for c in CATEGORIES},
+        peak_block=tracker.peak_phase,
+        block_peaks=[int(tracker.phase_peaks.get(i, 0)) for i in range(k)],
+    )
+
+
+def predict(
+    build: Callable[[], Any], batch_size: int, image_shape: Sequence[int], num_classes: int, steps: int = 2,
+    precision: str = "32-true",
+) -> MemoryEstimate:
+    """Predict the peak memory of training the module that ``build()`` returns.
+
+    Args:
+        build: makes the LightningModule (called under FakeTensorMode: nothing is allocated).
+        batch_size: the batch size to predict for.
+        image_shape: (C, H, W) of one input.
+        num_classes: for the fake labels.
+        steps: training steps to run; the last is reported (2: the first creates optimizer state).
+        precision: ``32-true`` or ``bf16-mixed`` (autocast).
+    """
+    with fake_mode():
+        module = build()
+        x = torch.randn(batch_size, *image_shape)
+        y = torch.randint(0, num_classes, (batch_size,))
+        return measure_steps(module, x, y, steps=steps, precision=precision)

@@ -1,0 +1,106 @@
+"""The ``memory`` split policy: cut where the blocks' training memory is most even.
+
+The peak of local learning is the peak of its heaviest block, so the best split minimises the
+largest block's training memory. For every unit we measure, under FakeTensorMode at the
+configured batch size, the bytes it saves for backward (``saved_tensors_hooks``, storages
+counted once), its output size and its parameters; for every possible cut, the training peak of
+the head placed there. A block's cost is then
+
+    saved(units) + 2 x largest activation (the gradients in flight during its backward)
+    + its parameters' gradients + the head's peak,
+
+additive over units, so an exact dynamic programme (glcan.core.split.balanced_boundaries)
+finds the partition with the smallest maximum. What stays resident (parameters, optimizer
+state, the batch) is the same whatever the split and is left out.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from glcan.core.split import balanced_boundaries
+from glcan.heads import build_head
+from glcan.memory.predictor import fake_mode
+from glcan.memory.tracker import MemoryTracker
+
+
+def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        st = t.untyped_storage()
+        if id(st) not in seen:
+            seen.add(id(st))
+            total += st.nbytes()
+    return total
+
+
+def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_size: int) -> list[dict[str, int]]:
+    """Per unit: ``saved`` bytes kept for backward, ``out`` bytes of its output, ``grads`` bytes
+    of its parameters' gradients, at ``batch_size``."""
+    costs = []
+    with fake_mode():
+        x = torch.randn(batch_size, *image_shape)
+        for unit in units:
+            saved: list[torch.Tensor] = []
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                saved.append(t)
+                return t
+            was_training = unit.training
+            unit.train()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = unit(x.detach().requires_grad_())
+            unit.train(was_training)
+            grads = sum(p.numel() * p.element_size() for p in unit.parameters() if p.requires_grad)
+            costs.append({"saved": _storage_bytes(saved), "out": out.numel() * out.element_size(), "grads": grads})
+            x = out.detach()
+    return costs
+
+
+def head_peak(aux: str, shape: Sequence[int], num_classes: int, image_shape: Sequence[int],
+              batch_size: int, aux_kwargs: Optional[dict] = None) -> int:
+    """The training peak of one head on a feature map of ``shape``, beyond the map itself."""
+    with fake_mode():
+        head = build_head(aux, tuple(shape), num_classes, image_shape=tuple(image_shape),
+                          block_index=0, num_blocks=2, **(aux_kwargs or {}))
+        h = torch.randn(batch_size, *shape, requires_grad=True)
+        x = torch.randn(batch_size, *image_shape)
+        y = torch.randint(0, num_classes, (batch_size,))
+        tracker = MemoryTracker()
+        with tracker:
+            tracker.reset_peak()
+            loss, _ = head.loss(h, y, x)
+            loss.backward()
+        return int(tracker.peak)
+
+
+def memory_split_fn(
+    units: Sequence[nn.Module],
+    shapes: Sequence[Sequence[int]],
+    aux: str,
+    aux_kwargs: Optional[dict],
+    num_classes: int,
+    image_shape: Sequence[int],
+    batch_size: int,
+) -> Callable[[int], list[int]]:
+    """A function K -> boundaries that balances predicted block memory (measured lazily)."""
+
+    def split(num_blocks: int) -> list[int]:
+        costs = unit_costs(units, image_shape, batch_size)
+        heads: dict[tuple, int] = {}
+        for s in shapes:
+            if tuple(s) not in heads:
+                heads[tuple(s)] = head_peak(aux, s, num_classes, image_shape, batch_size, aux_kwargs)
+        prefix = [0]
+        for c in costs:
+            prefix.append(prefix[-1] + c["saved"] + c["grads"])
+
+        def block_cost(i: int, j: int) -> float:
+            largest = max(c["out"] for c in costs[i:j])
+            return prefix[j] - prefix[i] + 2 * largest + heads[tuple(shapes[j - 1])]
+
+        return balanced_boundaries(len(units), num_blocks, block_cost)
+
+    return split
