@@ -10,7 +10,7 @@ from the data, the loggers (CSV always, W&B when possible), the callbacks every 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -41,7 +41,6 @@ class GLCanCLI(LightningCLI):
                 "callbacks": [
                     MemoryMeter(),
                     StepTimer(),
-                    RichProgressBar(leave=True),
                     LearningRateMonitor(logging_interval="epoch"),
                     # Names by epoch: global_step counts batches here (see GLCanModule._block_step)
                     # but an epoch number is what a user looks for when resuming.
@@ -57,8 +56,8 @@ class GLCanCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--logger", type=Union[bool, WandbOptions], default=True,
-            help="Weights & Biases: true (offline without an API key), false, or options (--logger.project ...). "
+            "--logger", type=WandbOptions, default=WandbOptions(),
+            help="Weights & Biases options (offline without an API key; --logger false turns it off). "
             "The CSV log is always written.",
         )
         parser.add_argument(
@@ -84,7 +83,11 @@ class GLCanCLI(LightningCLI):
             run_config = _flat(cfg)
             run_config.update(method=h.method, arch=self.model.arch, num_blocks=k, aux=h.aux if h.method == "local" else None)
             kwargs["logger"] = build_loggers(root, name, version, cfg.get("logger"), run_config, tags, h.method)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if cfg.trainer.get("enable_progress_bar") is not False and trainer.progress_bar_callback is not None:
+            # Rich bars, unless the user turned bars off (a persistent callback would refuse that).
+            trainer.callbacks = [RichProgressBar(leave=True) if c is trainer.progress_bar_callback else c for c in trainer.callbacks]
+        return trainer
 
     def after_fit(self) -> None:
         if self.trainer.interrupted:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,11 +20,29 @@ def default_args() -> list[str]:
     return ["compare", "--config", str(CONFIGS / "default_comparison.yaml")]
 
 
+def expand_shorthands(argv: list[str]) -> list[str]:
+    """``--logger false`` / ``--logger=false`` is short for ``--logger.enabled false``."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--logger" and i + 1 < len(argv) and argv[i + 1].lower() in ("false", "true"):
+            out += ["--logger.enabled", argv[i + 1].lower()]
+            i += 2
+            continue
+        if a.lower() in ("--logger=false", "--logger=true"):
+            a = "--logger.enabled=" + a.split("=", 1)[1].lower()
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_shorthands(list(sys.argv[1:] if argv is None else argv))
     if not argv:
         argv = default_args()
     command, rest = argv[0], argv[1:]
+    # LightningCLI warns when given args while sys.argv also has some; here that is by design.
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     try:
         if command == "memory":
             from glcan.memory.cli import main as memory_main

@@ -23,6 +23,7 @@ class WandbOptions:
     """Weights & Biases settings (``--logger false`` turns W&B off; the CSV log stays).
 
     Args:
+        enabled: false turns W&B off (``--logger false`` is short for ``--logger.enabled false``).
         project: the W&B project.
         group: runs of one comparison share a group (the comparison sets it).
         job_type: defaults to the method (e2e, e2e_checkpoint, local).
@@ -30,6 +31,7 @@ class WandbOptions:
         mode: ``auto`` (online with an API key, offline without), ``online``, ``offline`` or ``disabled``.
     """
 
+    enabled: bool = True
     project: str = "glcan"
     group: Optional[str] = None
     job_type: Optional[str] = None
@@ -98,11 +100,11 @@ def build_loggers(
 ) -> list[Logger]:
     """The CSV logger (first: its directory is the run directory), and W&B unless turned off."""
     loggers: list[Logger] = [CSVLogger(save_dir=save_dir, name=name, version=version)]
-    if options is False or options is None:
-        return loggers
-    options = options if isinstance(options, WandbOptions) else WandbOptions(**vars(options)) if not isinstance(options, bool) else WandbOptions()
+    if not isinstance(options, WandbOptions):
+        fields = {k: v for k, v in vars(options).items() if not k.startswith("__")} if options is not None else {"enabled": False}
+        options = WandbOptions(**fields)
     mode = wandb_mode(options)
-    if mode == "disabled":
+    if not options.enabled or mode == "disabled":
         return loggers
     run_dir = loggers[0].log_dir
     with warnings.catch_warnings():

@@ -9,6 +9,7 @@ optimizers and so manual optimization, with the step itself in ``glcan.core.step
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning as L
@@ -101,7 +102,8 @@ class GLCanModule(L.LightningModule):
 
     def init_kwargs(self) -> dict[str, Any]:
         """The arguments that rebuild this model (the predictor rebuilds it under FakeTensorMode)."""
-        kwargs = {k: v for k, v in self.hparams.items() if k != "arch"}
+        params = inspect.signature(type(self).__init__).parameters
+        kwargs = {k: v for k, v in self.hparams.items() if k in params}
         return {**kwargs, "backbone": self._backbone_spec, "optimizer": self.optimizer_factory,
                 "scheduler": self.scheduler_factory}
 
@@ -155,7 +157,7 @@ class GLCanModule(L.LightningModule):
     def _log_train(self, results: list, y: torch.Tensor) -> None:
         last = len(results) - 1
         for k, (loss, logits) in enumerate(results):
-            acc = self.metrics.acc["train"][k]
+            acc = self.metrics.acc("train")[k]
             acc(logits, y)
             if self.is_local:
                 self.log(f"train/block{k}/loss", loss, on_step=True, on_epoch=True)
@@ -170,13 +172,20 @@ class GLCanModule(L.LightningModule):
         if val:
             self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
-    def configure_optimizers(self) -> Any:
-        configs = []
+    def build_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimizer per block (over the block and its head), or one for E2E."""
         scales = self.hparams.block_lr_scale or [1.0] * self.net.num_blocks
+        optimizers = []
         for k, (block, head) in enumerate(zip(self.net.blocks, self.net.heads)):
             opt = self.optimizer_factory(list(block.parameters()) + list(head.parameters()))
             for group in opt.param_groups:
                 group["lr"] *= scales[k]
+            optimizers.append(opt)
+        return optimizers
+
+    def configure_optimizers(self) -> Any:
+        configs = []
+        for k, opt in enumerate(self.build_optimizers()):
             config: dict[str, Any] = {"optimizer": opt}
             if self.scheduler_factory is not None:
                 name = f"lr/block{k}" if self.is_local else "lr"
@@ -195,15 +204,16 @@ class GLCanModule(L.LightningModule):
         all_logits = self.net.all_logits(x) if self.is_local else [self.net(x)]
         last = len(all_logits) - 1
         for k, logits in enumerate(all_logits):
-            acc = self.metrics.acc[stage][k]
+            acc = self.metrics.acc(stage)[k]
             acc(logits, y)
             if self.is_local:
                 self.log(f"{stage}/block{k}/acc", acc)
         self.log(f"{stage}/loss", F.cross_entropy(all_logits[-1], y), prog_bar=stage == "val")
-        self.log(f"{stage}/acc", self.metrics.acc[stage][last], prog_bar=stage == "val")
-        if stage in self.metrics.top5:
-            self.metrics.top5[stage](all_logits[-1], y)
-            self.log(f"{stage}/acc_top5", self.metrics.top5[stage])
+        self.log(f"{stage}/acc", self.metrics.acc(stage)[last], prog_bar=stage == "val")
+        top5 = self.metrics.top5(stage)
+        if top5 is not None:
+            top5(all_logits[-1], y)
+            self.log(f"{stage}/acc_top5", top5)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -18,9 +18,11 @@ import torch
 def _accepts_total_steps(factory: Callable) -> bool:
     target = factory
     while isinstance(target, functools.partial):
-        if "total_steps" in target.keywords:
+        if target.keywords.get("total_steps") is not None:
             return False
-        target = target.func
+        # LightningCLI's callables are partial(instantiator, SchedulerClass, **init_args)
+        classes = [a for a in target.args if inspect.isclass(a)]
+        target = classes[0] if classes else target.func
     try:
         return "total_steps" in inspect.signature(target).parameters
     except (TypeError, ValueError):

@@ -13,8 +13,6 @@ import json
 import sys
 from typing import Any, Optional, Sequence
 
-from lightning.pytorch.cli import LightningArgumentParser
-
 from glcan.cli import GLCanCLI
 from glcan.memory.report import format_report, memory_report
 
@@ -22,22 +20,20 @@ from glcan.memory.report import format_report, memory_report
 class MemoryCLI(GLCanCLI):
     """Parses like ``fit``; builds the model and data, but no trainer, and trains nothing."""
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--json", type=bool, default=False, help="Print one JSON object instead of the table.")
-
     def instantiate_trainer(self, **kwargs: Any) -> None:  # type: ignore[override]
         return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv  # a flag of this command, not a config key
+    argv = [a for a in argv if a != "--json"]
     cli = MemoryCLI(args=argv, run=False)
     cfg = cli.config
     dm, model = cli.datamodule, cli.model
     report = memory_report(model, dm.batch_size, dm.image_shape, dm.num_classes, precision=str(cfg.trainer.precision or "32-true"))
     config = next((str(c) for c in (cfg.get("config") or [])), None)
-    if cfg.get("json"):
+    if as_json:
         print(json.dumps({"config": config, **report}))
     else:
         print(format_report(report, config))

@@ -10,13 +10,16 @@ is how the two are tested against each other.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch import nn
 
 from glcan.core.step import e2e_step, local_step
 from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
@@ -43,15 +46,25 @@ def fake_mode() -> Iterator[Optional[FakeTensorMode]]:
     """A FakeTensorMode, or the one already active (the predictor builds models that compute
     their own memory split, and the two must share one mode)."""
     active = detect_fake_mode()
-    with nullcontext(active) if active is not None else FakeTensorMode(allow_non_fake_inputs=True) as mode:
+    with nullcontext(active) if active is not None else FakeTensorMode() as mode:
         yield mode
 
 
-def optimizers_of(module: Any) -> list[torch.optim.Optimizer]:
-    """The torch optimizers that ``configure_optimizers`` returns (one per block, or one)."""
-    configs = module.configure_optimizers()
-    configs = configs if isinstance(configs, list) else [configs]
-    return [c["optimizer"] if isinstance(c, dict) else c for c in configs]
+def as_fake(module: nn.Module) -> nn.Module:
+    """A fake copy of a real module (call under ``fake_mode()``); a fake module is returned as is.
+
+    Running real modules on fake inputs would let BatchNorm write fake values into real running
+    statistics, so the real module is copied outside the fake mode and its tensors converted.
+    """
+    mode = detect_fake_mode()
+    tensors = [*module.parameters(), *module.buffers()]
+    if mode is None or not tensors or isinstance(tensors[0], FakeTensor):
+        return module
+    with unset_fake_temporarily():
+        copy = deepcopy(module)
+    # Fresh fake tensors of the same shapes (values do not matter to memory); converting the real
+    # ones with mode.from_tensor would tie the fake mode to them.
+    return copy._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype))
 
 
 def run_training_step(module: Any, x: torch.Tensor, y: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
@@ -72,7 +85,7 @@ def measure_steps(module: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2,
     ``bf16-mixed`` runs the steps under autocast, as Lightning does."""
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
     module.train()
-    optimizers = optimizers_of(module)
+    optimizers = module.build_optimizers()
     tracker = MemoryTracker()
     with tracker, watch_network(tracker, module.net, optimizers):
         tracker.register([x, y], "input")
@@ -111,7 +124,9 @@ def predict(
         steps: training steps to run; the last is reported (2: the first creates optimizer state).
         precision: ``32-true`` or ``bf16-mixed`` (autocast).
     """
-    with fake_mode():
+    with fake_mode(), warnings.catch_warnings():
+        # torchmetrics deep-copies its default states, which reads a (fake) data pointer
+        warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
         module = build()
         x = torch.randn(batch_size, *image_shape)
         y = torch.randint(0, num_classes, (batch_size,))

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from glcan.memory.predictor import MemoryEstimate, fake_mode, predict
+from glcan.memory.predictor import MemoryEstimate, as_fake, fake_mode, predict
 from glcan.memory.tracker import MemoryTracker
 
 GiB = 2**30
@@ -25,14 +25,13 @@ def largest_unit_footprint(units: Sequence[torch.nn.Module], image_shape: Sequen
     with fake_mode():
         x = torch.randn(batch_size, *image_shape)
         for i, unit in enumerate(units):
+            unit = as_fake(unit)
             unit.train()
             tracker = MemoryTracker()
             with tracker:
                 tracker.register([x], "input")
                 out = unit(x)
                 out.float().sum().backward()
-            for p in unit.parameters():
-                p.grad = None
             if tracker.peak > best[1]:
                 best = (i, int(tracker.peak))
             x = out.detach()

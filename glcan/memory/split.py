@@ -23,7 +23,7 @@ from torch import nn
 
 from glcan.core.split import balanced_boundaries
 from glcan.heads import build_head
-from glcan.memory.predictor import fake_mode
+from glcan.memory.predictor import as_fake, fake_mode
 from glcan.memory.tracker import MemoryTracker
 
 
@@ -44,15 +44,14 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
     with fake_mode():
         x = torch.randn(batch_size, *image_shape)
         for unit in units:
+            unit = as_fake(unit)
             saved: list[torch.Tensor] = []
             def pack(t: torch.Tensor) -> torch.Tensor:
                 saved.append(t)
                 return t
-            was_training = unit.training
             unit.train()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 out = unit(x.detach().requires_grad_())
-            unit.train(was_training)
             grads = sum(p.numel() * p.element_size() for p in unit.parameters() if p.requires_grad)
             costs.append({"saved": _storage_bytes(saved), "out": out.numel() * out.element_size(), "grads": grads})
             x = out.detach()

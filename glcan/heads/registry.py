@@ -1,0 +1,142 @@
+"""Auxiliary heads by name, so a config can say ``aux: dgl`` and ``aux_kwargs: {width: 64}``.
+
+A factory (usually the head class itself) is called as
+``factory(in_shape, num_classes, **options)``. The keywords that describe *where* the head
+sits -- ``image_shape``, ``block_index``, ``num_blocks`` -- are passed to every head that
+declares them and silently dropped for the others, so the trainer can call every head the
+same way. Everything else is a head option, checked here against the factory's signature:
+a misspelt option in a config fails at build time with the list of valid ones, instead of
+surfacing as a ``TypeError`` deep in a constructor. Your own heads join the same way::
+
+    @register_head("mine")
+    class MyHead(AuxHead):
+        def __init__(self, in_shape, num_classes, depth: int = 2): ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from glcan.heads.base import AuxHead
+
+HeadFactory = Callable[..., AuxHead]
+
+#: Keywords that say where a head sits; a factory receives those it declares.
+PLACEMENT_KEYWORDS: tuple[str, ...] = ("image_shape", "block_index", "num_blocks")
+
+_REGISTRY: dict[str, HeadFactory] = {}
+
+
+def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
+    """Decorator that registers a head class or factory under ``name``.
+
+    Args:
+        name: the registry name; must be a non-empty string not taken already.
+
+    Returns:
+        A decorator that stores the factory and returns it unchanged.
+
+    Raises:
+        ValueError: if ``name`` is empty or already registered.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"head name must be a non-empty string, got {name!r}")
+
+    def decorator(factory: HeadFactory) -> HeadFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"head {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_heads() -> list[str]:
+    """Every registered head name, sorted.
+
+    Returns:
+        The names `build_head` accepts.
+    """
+    return sorted(_REGISTRY)
+
+
+def _parameters(factory: HeadFactory) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of a factory (of ``__init__`` for a class), beyond the shape."""
+    params = dict(inspect.signature(factory).parameters)
+    for fixed in ("self", "in_shape", "num_classes"):
+        params.pop(fixed, None)
+    return {
+        k: p for k, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def head_options(name: str) -> list[str]:
+    """The options (beyond placement keywords) that head ``name`` takes.
+
+    Args:
+        name: a registered head name.
+
+    Returns:
+        Option names in declaration order.
+    """
+    return [k for k in _parameters(_lookup(name)) if k not in PLACEMENT_KEYWORDS]
+
+
+def _lookup(name: str) -> HeadFactory:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown head {name!r}; choose one of: {', '.join(list_heads())}")
+    return _REGISTRY[name]
+
+
+def _check_shape(in_shape: Any, num_classes: Any) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(s) for s in in_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"a head needs in_shape = (C, H, W) of positive sizes, got {in_shape!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"a head needs num_classes >= 1, got {num_classes!r}")
+    return shape  # type: ignore[return-value]
+
+
+def build_head(
+    name: str,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    image_shape: tuple[int, int, int],
+    block_index: int = 0,
+    num_blocks: int = 1,
+    **kwargs: Any,
+) -> AuxHead:
+    """Build a registered head for a block whose output has shape ``in_shape``.
+
+    Args:
+        name: a name from `list_heads` (``glcan``, ``linear``, ``dgl``, ``infopro``, ...).
+        in_shape: the block's output shape without the batch dimension, (C, H, W).
+        num_classes: number of classes the head predicts.
+        image_shape: the network input's shape (C, H, W); heads that reconstruct it use it.
+        block_index: index k of the block the head sits on (0-based).
+        num_blocks: K, the number of blocks.
+        **kwargs: head options (see `head_options`).
+
+    Returns:
+        The head, an `AuxHead`.
+
+    Raises:
+        ValueError: for an unknown name, an unknown option, or a malformed shape.
+    """
+    factory = _lookup(name)
+    shape = _check_shape(in_shape, num_classes)
+    params = _parameters(factory)
+    options = [k for k in params if k not in PLACEMENT_KEYWORDS]
+    unknown = sorted(k for k in kwargs if k not in options)
+    if unknown:
+        takes = ", ".join(options) if options else "no options"
+        raise ValueError(f"head {name!r} got unknown option(s): {', '.join(unknown)}; it takes: {takes}")
+    placement = {"image_shape": tuple(image_shape), "block_index": block_index, "num_blocks": num_blocks}
+    kwargs.update({k: v for k, v in placement.items() if k in params})
+    return factory(shape, num_classes, **kwargs)

@@ -1,0 +1,212 @@
+"""Auxiliary heads: the GCNet context block, every registered head, the FLOP budget, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from glcan.heads import AuxHead, ContextBlock, ModuleHead, build_head, list_heads, register_head
+from glcan.heads import registry
+from glcan.heads.baselines import InfoProHead
+
+IMAGE = (3, 32, 32)
+SHAPES = [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64, 1, 1), (512, 7, 7)]
+BUILTIN = ("glcan", "linear", "dgl", "infopro")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- ContextBlock
+
+
+@pytest.mark.parametrize("pooling", ["gc", "avg", "max"])
+@pytest.mark.parametrize("fusion", ["add", "mul"])
+def test_context_block_is_identity_at_init(pooling: str, fusion: str) -> None:
+    block = ContextBlock(16, pooling=pooling, fusion=fusion)
+    x = torch.randn(3, 16, 7, 5)
+    assert torch.equal(block(x), x)
+
+
+def test_context_block_fuses_into_a_target_of_another_size() -> None:
+    block = ContextBlock(16, out_channels=24)
+    x, target = torch.randn(2, 16, 8, 8), torch.randn(2, 24, 3, 3)
+    assert torch.equal(block(x, target), target)
+    assert block.context(x).shape == (2, 16, 1, 1)
+    with pytest.raises(ValueError, match="24"):
+        block(x)  # the default target (x) has 16 channels, not 24
+
+
+def test_attention_is_a_distribution_over_positions() -> None:
+    block = ContextBlock(8)
+    nn.init.normal_(block.mask.weight, std=3.0)  # a peaked, non-uniform attention
+    x = torch.randn(4, 8, 6, 5)
+    a = block.attention(x)
+    assert a.shape == (4, 1, 30)
+    assert (a >= 0).all()
+    assert torch.allclose(a.sum(-1), torch.ones(4, 1))
+    # The context is the attention-weighted sum of the features.
+    expected = (x.flatten(2) * a).sum(-1)
+    assert torch.allclose(block.context(x).flatten(1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="gc"):
+        ContextBlock(8, pooling="avg").attention(x)
+
+
+def test_context_block_learns_from_zero_init() -> None:
+    block = ContextBlock(8)
+    last = block.transform[-1]
+    opt = torch.optim.SGD(block.parameters(), lr=0.1)
+    x, goal = torch.randn(4, 8, 5, 5), torch.randn(4, 8, 5, 5)
+    F.mse_loss(block(x), goal).backward()
+    opt.step()
+    assert last.weight.abs().sum() > 0 and last.bias.abs().sum() > 0
+    assert not torch.equal(block(x), x)
+
+
+def test_context_block_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="pooling"):
+        ContextBlock(8, pooling="mean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fusion"):
+        ContextBlock(8, fusion="cat")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ratio"):
+        ContextBlock(8, ratio=0)
+
+
+# ---------------------------------------------------------------- every head
+
+
+def test_builtin_heads_are_registered() -> None:
+    assert set(BUILTIN) <= set(list_heads())
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_head_shapes_and_gradients(name: str, shape: tuple[int, int, int]) -> None:
+    head = build_head(name, shape, 10, image_shape=IMAGE, block_index=1, num_blocks=4)
+    assert isinstance(head, AuxHead)
+    n = 4
+    h = torch.randn(n, *shape, requires_grad=True)
+    x, y = torch.randn(n, *IMAGE), torch.randint(0, 10, (n,))
+    loss, logits = head.loss(h, y, x)
+    assert logits.shape == (n, 10) and loss.dim() == 0
+    loss.backward()
+    assert h.grad is not None and h.grad.abs().sum() > 0  # the head trains its block
+    missing = [k for k, p in head.named_parameters() if p.grad is None]
+    assert not missing, f"{name} parameters without a gradient: {missing}"
+    head.eval()
+    with torch.no_grad():
+        assert head(h[:1]).shape == (1, 10)  # batch of one in evaluation
+
+
+@pytest.mark.parametrize("options", [{"pooling": "avg"}, {"pooling": "max", "fusion": "mul"}, {"hidden": 64}])
+def test_glcan_head_options(options: dict) -> None:
+    head = build_head("glcan", (32, 16, 16), 7, image_shape=IMAGE, **options)
+    h = torch.randn(2, 32, 16, 16, requires_grad=True)
+    loss, logits = head.loss(h, torch.tensor([0, 6]), torch.randn(2, *IMAGE))
+    loss.backward()
+    assert logits.shape == (2, 7) and all(p.grad is not None for p in head.parameters())
+
+
+def test_glcan_head_starts_as_its_local_path() -> None:
+    head = build_head("glcan", (16, 32, 32), 10, image_shape=IMAGE).eval()
+    h = torch.randn(2, 16, 32, 32)
+    fused, ctx = head.features(h)
+    assert torch.equal(fused, torch.relu(head.local(head.pool(h))))
+    assert fused.shape == (2, 32, 4, 4) and ctx.shape == (2, 16, 1, 1)
+
+
+def test_infopro_loss_mixes_reconstruction_and_task() -> None:
+    head = build_head("infopro", (16, 32, 32), 10, image_shape=IMAGE)
+    assert isinstance(head, InfoProHead) and head.lam == 0.5
+    h, x, y = torch.randn(4, 16, 32, 32), torch.randn(4, *IMAGE), torch.randint(0, 10, (4,))
+    losses = {}
+    for lam in (0.0, 0.5, 1.0):
+        head.lam = lam
+        losses[lam], logits = head.loss(h, y, x)
+    ce, rec = F.cross_entropy(logits, y), F.mse_loss(head.reconstruct(h), x)
+    assert torch.equal(losses[0.0], ce)
+    assert torch.allclose(losses[1.0], rec)
+    assert torch.allclose(losses[0.5], 0.5 * rec + 0.5 * ce)
+    assert len({float(v.detach()) for v in losses.values()}) == 3
+    with pytest.raises(ValueError, match="lam"):
+        build_head("infopro", (16, 32, 32), 10, image_shape=IMAGE, lam=1.5)
+
+
+def test_heads_run_under_fake_tensors() -> None:
+    # The memory predictor builds and runs heads under FakeTensorMode.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for name in BUILTIN:
+            head = build_head(name, (32, 16, 16), 10, image_shape=IMAGE)
+            h = torch.randn(8, 32, 16, 16, requires_grad=True)
+            loss, _ = head.loss(h, torch.randint(0, 10, (8,)), torch.randn(8, *IMAGE))
+            loss.backward()
+
+
+# ---------------------------------------------------------------- FLOP budget
+
+
+def _residual_unit(c: int) -> nn.Module:
+    """A CIFAR ResNet basic block's body: two 3x3 convs C -> C with BN and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+    )
+
+
+def _flops(module: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("c,s", [(16, 32), (32, 16), (64, 8)])
+def test_glcan_head_costs_under_ten_percent_of_a_unit(c: int, s: int) -> None:
+    x = torch.randn(1, c, s, s)
+    unit = _residual_unit(c).eval()
+    head = build_head("glcan", (c, s, s), 10, image_shape=IMAGE).eval()
+    unit_flops, head_flops = _flops(unit, x), _flops(head, x)
+    assert unit_flops == 2 * 2 * 9 * c * c * s * s  # 2 FLOPs per MAC
+    assert head_flops <= 0.10 * unit_flops, f"head {head_flops} vs unit {unit_flops}"
+
+
+# ---------------------------------------------------------------- registry errors
+
+
+def test_unknown_head_name() -> None:
+    with pytest.raises(ValueError, match="unknown head 'nope'; choose one of: .*glcan.*linear"):
+        build_head("nope", (16, 8, 8), 10, image_shape=IMAGE)
+
+
+def test_unknown_head_option() -> None:
+    msg = r"head 'linear' got unknown option\(s\): foo; it takes: no options"
+    with pytest.raises(ValueError, match=msg):
+        build_head("linear", (16, 8, 8), 10, image_shape=IMAGE, foo=1)
+    with pytest.raises(ValueError, match=r"unknown option\(s\): widht; it takes: width, pool_size"):
+        build_head("glcan", (16, 8, 8), 10, image_shape=IMAGE, widht=8)
+
+
+def test_bad_shape_is_rejected() -> None:
+    with pytest.raises(ValueError, match="in_shape"):
+        build_head("glcan", (16, 8), 10, image_shape=IMAGE)
+
+
+def test_register_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
+    with pytest.raises(ValueError, match="already registered"):
+        register_head("linear")(ModuleHead)
+
+    @register_head("pool_fc")
+    def _factory(in_shape: tuple[int, int, int], num_classes: int, *, num_blocks: int, scale: float = 1.0) -> AuxHead:
+        assert num_blocks == 2  # placement keywords reach factories that declare them
+        return ModuleHead(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_shape[0], num_classes)))
+
+    assert "pool_fc" in list_heads()
+    head = build_head("pool_fc", (8, 4, 4), 3, image_shape=IMAGE, num_blocks=2, scale=2.0)
+    assert head(torch.randn(2, 8, 4, 4)).shape == (2, 3)
