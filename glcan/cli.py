@@ -20,6 +20,7 @@ from glcan.data import GLCanDataModule
 from glcan.lit import GLCanModule
 from glcan.loggers import SafeWandbLogger, WandbOptions, build_loggers, wandb_run_dir
 from glcan.memory.meter import MemoryMeter
+from glcan.parallel.options import ParallelOptions, ddp_trainer_kwargs
 from glcan.summary import build_summary, write_json_atomic
 
 
@@ -64,6 +65,9 @@ class GLCanCLI(LightningCLI):
             "--run_dir", type=Optional[str], default=None,
             help="Write the run exactly here (default: {trainer.default_root_dir}/{dataset}_{arch}_{method}.../version_N).",
         )
+        # glcan.parallel (issue 6): --parallel.mode pipeline|ddp, --parallel.workers P, ...
+        parser.add_argument("--parallel", type=ParallelOptions, default=ParallelOptions(),
+                            help="Parallel training: pipeline (block groups in worker processes) or ddp.")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.link_arguments("data.batch_size", "model.batch_size")
@@ -73,6 +77,7 @@ class GLCanCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self._cfg()
+        kwargs.update(ddp_trainer_kwargs(cfg.get("parallel")))  # glcan.parallel: --parallel.mode ddp
         if cfg.trainer.get("logger") is not False:
             root = cfg.trainer.get("default_root_dir") or "runs"
             name, version = run_name(self.model, self.datamodule), None

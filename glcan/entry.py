@@ -16,8 +16,13 @@ USAGE = __doc__ or ""
 
 
 def default_args() -> list[str]:
-    """What ``python train.py`` with no arguments runs."""
-    return ["compare", "--config", str(CONFIGS / "default_comparison.yaml")]
+    """What ``python train.py`` with no arguments runs: E2E vs local (K=4, GLCAN) on mnist5k.
+
+    It writes into ``runs/default_comparison``; running it again resumes (finished runs are
+    skipped and the report is rebuilt).
+    """
+    return ["compare", "--config", str(CONFIGS / "mnist5k_resnet20_glcan_k4.yaml"), "--grid", "model.method=e2e,local",
+            "--out", "runs/default_comparison"]
 
 
 def expand_shorthands(argv: list[str]) -> list[str]:
@@ -52,6 +57,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from glcan.compare.cli import main as compare_main
 
             return compare_main(rest)
+        # --- glcan.parallel (issue 6): a pipeline run starts its own worker processes
+        if command == "fit":
+            from glcan.parallel.options import requested_mode
+
+            if requested_mode(rest) == "pipeline":
+                from glcan.parallel.launch import main as pipeline_main
+
+                return pipeline_main(rest)
+        # --- end glcan.parallel
         from glcan.cli import GLCanCLI
 
         GLCanCLI(args=argv)

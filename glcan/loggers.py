@@ -107,6 +107,9 @@ def build_loggers(
     if not options.enabled or mode == "disabled":
         return loggers
     run_dir = loggers[0].log_dir
+    # W&B looks for the git repository from its directory: it must exist (else "git root ...
+    # does not exist" and no commit in the run's metadata).
+    os.makedirs(run_dir, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wandb = SafeWandbLogger(

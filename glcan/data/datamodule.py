@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from glcan.data import folder, mnist5k, vision
 from glcan.data.errors import DataError, check_args
+from glcan.data.sampler import EpochSeededSampler
 
 DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake"]
 
@@ -144,10 +145,11 @@ class GLCanDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()  # a no-op after the first call; lets the loaders be used without a Trainer
+        dataset = getattr(self, split)
         return DataLoader(
-            getattr(self, split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
@@ -156,7 +158,7 @@ class GLCanDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled with a generator seeded from ``seed``: the same order for the same seed."""
+        """Shuffled from ``(seed, epoch)`` alone: the same order for the same seed, resumed or not."""
         return self._loader("train_set", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,0 +1,139 @@
+"""``report.md`` and the terminal table: one row per configuration, its seeds aggregated.
+
+Test accuracy is the mean ± sample std over seeds (the plain value for one seed); peak memory
+is the mean over seeds in MiB (2^20 bytes) with how it was measured; step time is the median
+of the runs' median step times. Ratios are to the E2E row with the same other grid values.
+A comparison with missing points says so in its first lines and lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from glcan.compare.results import Group, Run
+
+HEADERS = ["method", "K", "aux", "seeds", "test acc (%)", "per-block acc (%)", "peak mem (MiB)",
+           "measured by", "mem / E2E", "step (ms)", "time / E2E"]
+
+
+def _num(v: Optional[float], spec: str = ".1f", suffix: str = "") -> str:
+    return "n/a" if v is None else f"{v:{spec}}{suffix}"
+
+
+def short_method(method: Optional[str]) -> str:
+    """``tensor-storage tracker (...)`` -> ``tensor-storage tracker``."""
+    return "n/a" if not method else "; ".join(m.split(" (")[0] for m in method.split("; "))
+
+
+def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    extra_keys = list(dict.fromkeys(k for g in groups for k in g.extras))
+    headers = HEADERS[:3] + [k.rsplit(".", 1)[-1] for k in extra_keys] + HEADERS[3:]
+    rows = []
+    for g in groups:
+        mean, std = g.acc()
+        acc = "missing" if mean is None else f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+        blocks = " / ".join(_num(None if b is None else 100 * b) for b in g.block_acc()) or "n/a"
+        local = g.method == "local"
+        n_ok, n = len(g.ok), len(g.runs)
+        rows.append([
+            g.method, str(g.num_blocks) if local else "—", str(g.aux) if local else "—",
+            *[g.extras.get(k, "—") for k in extra_keys],
+            str(n) if n_ok == n else f"{n_ok} of {n}", acc, blocks, _num(g.memory_mib()),
+            short_method(g.memory_method()), _num(g.ratio("memory"), ".2f", "×"), _num(g.step_ms()),
+            _num(g.ratio("time"), ".2f", "×"),
+        ])
+    return headers, rows
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
+            "os": platform.platform(), "cpu": f"{cpu}, {os.cpu_count()} cores"}
+    try:
+        import lightning
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+        info.update(gpu=gpu, versions=f"python {platform.python_version()}, torch {torch.__version__}, "
+                    f"lightning {lightning.__version__}")
+    except Exception:  # noqa: BLE001 - the report is still worth writing
+        pass
+    return info
+
+
+def status_line(runs: list[Run]) -> str:
+    missing = [r for r in runs if r.summary is None]
+    if not missing:
+        return f"**Complete:** all {len(runs)} planned runs finished."
+    return (f"**INCOMPLETE: {len(missing)} of {len(runs)} planned runs are missing** "
+            "(listed below); the table covers only the runs that finished.")
+
+
+def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command: str,
+             plots: list[str], notes: Optional[list[str]] = None, info: Optional[dict[str, str]] = None) -> Path:
+    headers, rows = table(groups)
+    methods = sorted({g.memory_method() for g in groups if g.memory_method()})
+    lines = [f"# Comparison `{cid}`", "", status_line(runs), "",
+             "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "- **test acc**: the last head's test accuracy, mean ± sample std over seeds; "
+              "**per-block**: each block's own head on the test set (block 1 first; E2E has one).",
+              "- **peak memory**: `peak_memory_bytes` of each run's summary.json (mean over seeds), measured by: "
+              + ("; ".join(f"`{m}`" for m in methods) or "n/a") + ".",
+              "- **step time**: median wall time of one training batch (all K block updates), median over seeds; "
+              "ratios are to the E2E row with the same other settings."]
+    timed = [int(x["timed_steps"]) for g in groups for x in g.ok if x.get("timed_steps") is not None]
+    if timed and min(timed) < 10:
+        lines.append(f"- **caution**: some step times come from only {min(timed)} timed step(s) "
+                     "(short runs): read them as rough.")
+    missing = [r for r in runs if r.summary is None]
+    if missing:
+        lines += ["", "## Missing runs", ""]
+        lines += [f"- `{r.point.run_id}`: {r.status}" + (f" — {r.error}" if r.error else "") for r in missing]
+    lines += ["", "## Runs", "", "| run id | seed | test acc (%) | peak memory (MiB) | step time (ms) | epochs | steps |",
+              "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        s = r.summary or {}
+        mem = s.get("peak_memory_bytes")
+        lines.append(f"| `{r.point.run_id}` | {r.point.seed} | "
+                     f"{_num(None if s.get('test_acc') is None else 100 * s['test_acc'], '.2f') if s else r.status} | "
+                     f"{_num(None if mem is None else mem / 2**20)} | {_num(s.get('step_time_ms'))} | "
+                     f"{s.get('epochs', '')} | {s.get('global_step', '')} |")
+    lines += ["", "Each run's directory `runs/<run id>/` holds its `summary.json`, `metrics.csv`, `config.yaml` "
+              "(resolved) and checkpoints; `comparison.csv` has every summary field, one row per run."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Reproduce", "", "```", command, "```"]
+    lines += [f"- {n}" for n in notes or []]
+    lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in (info or machine()).items()]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    headers, rows = table(groups)
+    t = Table(title=f"Comparison {cid}", caption=status_line(runs).replace("**", "") + " Peak memory mean, step time "
+              "median over seeds; ratios to E2E.")
+    for h in headers:
+        t.add_column(h, justify="left" if h in ("method", "aux", "measured by") else "right",
+                     no_wrap=h not in ("measured by", "per-block acc (%)"))
+    for r in rows:
+        t.add_row(*r, style="red" if "missing" in r[headers.index("test acc (%)")] or " of " in r[headers.index("seeds")] else None)
+    Console(file=file or sys.stdout, width=max(150, Console().width)).print(t)

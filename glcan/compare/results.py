@@ -1,0 +1,156 @@
+"""From the runs' summary.json files to ``comparison.csv`` and the per-configuration table.
+
+Every planned point gets a CSV row: complete runs carry their summary.json fields (nested dicts
+flattened to ``a.b`` columns, lists as JSON strings), missing ones only their id, grid values
+and ``status`` (``failed``, ``interrupted``, ``not run``), so a partial comparison never reads
+as a complete one. Table rows (``Group``) aggregate the seeds of one configuration; ratios are
+taken to the E2E configuration with the same other grid values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from glcan.compare.grid import STRUCTURAL, Point
+from glcan.compare.runner import SUMMARY, Outcome, run_dir
+
+MIB = 2**20
+
+
+@dataclass
+class Run:
+    point: Point
+    status: str  # "ok" or why it is missing
+    summary: Optional[dict[str, Any]]
+    error: Optional[str] = None
+
+
+@dataclass
+class Group:
+    """One configuration (a table row) over its seeds."""
+
+    config_id: str
+    method: str
+    num_blocks: Optional[int]
+    aux: Optional[str]
+    extras: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
+    ref: Optional["Group"] = None  # the E2E group to compare with
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r.summary for r in self.runs if r.summary is not None]
+
+    def values(self, key: str) -> list[float]:
+        return [float(s[key]) for s in self.ok if s.get(key) is not None]
+
+    @property
+    def label(self) -> str:
+        if self.method == "local":
+            text = f"local K={self.num_blocks} {self.aux}"
+        else:
+            text = "E2E" if self.method == "e2e" else "E2E (checkpointed)" if self.method == "e2e_checkpoint" else self.method
+        return text + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in self.extras.items())
+
+    def acc(self) -> tuple[Optional[float], Optional[float]]:
+        v = self.values("test_acc")
+        return (statistics.fmean(v) if v else None, statistics.stdev(v) if len(v) > 1 else None)
+
+    def block_acc(self) -> list[Optional[float]]:
+        lists = [s.get("block_acc") or [] for s in self.ok]
+        width = max((len(x) for x in lists), default=0)
+        cols = [[x[i] for x in lists if i < len(x) and x[i] is not None] for i in range(width)]
+        return [statistics.fmean(c) if c else None for c in cols]
+
+    def block_acc_std(self) -> list[Optional[float]]:
+        lists = [s.get("block_acc") or [] for s in self.ok]
+        width = max((len(x) for x in lists), default=0)
+        cols = [[x[i] for x in lists if i < len(x) and x[i] is not None] for i in range(width)]
+        return [statistics.stdev(c) if len(c) > 1 else None for c in cols]
+
+    def memory_mib(self) -> Optional[float]:
+        v = self.values("peak_memory_bytes")
+        return statistics.fmean(v) / MIB if v else None
+
+    def memory_method(self) -> Optional[str]:
+        methods = sorted({s["memory_method"] for s in self.ok if s.get("memory_method")})
+        return "; ".join(methods) if methods else None
+
+    def step_ms(self) -> Optional[float]:
+        v = self.values("step_time_ms")
+        return statistics.median(v) if v else None
+
+    def ratio(self, what: str) -> Optional[float]:
+        if self.ref is None:
+            return None
+        mine, ref = (self.memory_mib(), self.ref.memory_mib()) if what == "memory" else (self.step_ms(), self.ref.step_ms())
+        return mine / ref if mine is not None and ref else None
+
+
+def load_summary(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def collect(out: Path, points: list[Point], outcomes: Optional[list[Outcome]] = None) -> list[Run]:
+    """One ``Run`` per planned point, read from its summary.json (the truth, whatever ran now)."""
+    why = {o.point.run_id: (o.status, o.error) for o in outcomes or []}
+    runs = []
+    for p in points:
+        summary = load_summary(run_dir(out, p) / SUMMARY)
+        if summary is not None:
+            runs.append(Run(p, "ok", summary))
+        else:
+            status, error = why.get(p.run_id, ("not run", None))
+            runs.append(Run(p, status if status not in ("ok", "skipped") else "failed", None, error))
+    return runs
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for r in runs:
+        p = r.point
+        g = groups.setdefault(p.config_id, Group(p.config_id, p.method, p.num_blocks, p.aux, p.extras))
+        g.runs.append(r)
+    e2e = [g for g in groups.values() if g.method == "e2e"]
+    for g in groups.values():
+        shared = {k: v for k, v in g.extras.items() if k not in STRUCTURAL}
+        g.ref = next((e for e in e2e if e.extras == shared), e2e[0] if len(e2e) == 1 else None)
+    return list(groups.values())
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (list, tuple)):
+            out[prefix + key] = json.dumps(value)
+        else:
+            out[prefix + key] = "" if value is None else value
+    return out
+
+
+def write_csv(path: Path, runs: list[Run], grid_keys: list[str]) -> Path:
+    rows, columns = [], ["run_id", "status", *grid_keys]
+    for r in runs:
+        row = {"run_id": r.point.run_id, "status": r.status, **{k: r.point.overrides.get(k, "") for k in grid_keys}}
+        row.update(flatten(r.summary or {"seed": r.point.seed}))
+        if r.error:
+            row["error"] = r.error
+        rows.append(row)
+        columns += [c for c in row if c not in columns]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path

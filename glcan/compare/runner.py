@@ -1,0 +1,115 @@
+"""Run the points one after another, in this process, and resume where a previous call stopped.
+
+Each point is ``GLCanCLI(args=["fit", *fixed, *overrides, "--seed_everything", seed,
+"--run_dir", out/runs/<id>, "--logger.group", comparison_id])``; the fit tests the model and
+writes ``summary.json`` atomically, so a run whose summary.json exists is complete and is
+skipped on the next call. A run directory without one is left from a failed or interrupted run:
+it is removed and the run starts again.
+
+Failure policy: a run that raises is reported (one line here, the traceback in
+``runs/<id>/error.txt``) and the comparison **continues** with the other points; the report
+then lists it as missing and ``compare`` exits 1. Ctrl+C (or a run that exits) stops the
+comparison; what finished is still reported, as incomplete. Between runs the W&B run is
+finished (guarded), so one run's W&B data never flows into the next.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from glcan.compare.grid import Point
+
+SUMMARY = "summary.json"
+ERROR = "error.txt"
+
+
+@dataclass
+class Outcome:
+    point: Point
+    status: str  # "ok" (ran now), "skipped" (complete before), "failed", "interrupted", "not run"
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+
+def run_dir(out: Path, point: Point) -> Path:
+    return out / "runs" / point.run_id
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """End the current W&B run, if any; never raises."""
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+    except Exception:  # noqa: BLE001 - W&B trouble must not stop the comparison
+        pass
+
+
+def fit_args(point: Point, fixed: list[str], out: Path, comparison_id: str) -> list[str]:
+    return ["fit", *fixed, *point.args(), "--seed_everything", str(point.seed),
+            "--run_dir", str(run_dir(out, point)), "--logger.group", comparison_id]
+
+
+def _fit(args: list[str]) -> None:
+    from glcan.cli import GLCanCLI
+
+    GLCanCLI(args=args)
+
+
+def run_all(
+    points: list[Point], fixed: list[str], out: Path, comparison_id: str,
+    say: Callable[[str], None] = print, fit: Optional[Callable[[list[str]], None]] = None,
+) -> list[Outcome]:
+    """Run every point not already complete; return one outcome per point, in order."""
+    fit = fit or _fit  # looked up now, so that tests can patch runner._fit
+    done = [p for p in points if (run_dir(out, p) / SUMMARY).is_file()]
+    if done:
+        say(f"skipping {len(done)} complete run(s) (summary.json exists): {', '.join(p.run_id for p in done)}")
+    todo = [p for p in points if p not in done]
+    outcomes = {id(p): Outcome(p, "skipped") for p in done}
+    stopped = False
+    for n, point in enumerate(todo, 1):
+        if stopped:
+            outcomes[id(point)] = Outcome(point, "not run")
+            continue
+        rd = run_dir(out, point)
+        if rd.exists():
+            say(f"{point.run_id}: removing the incomplete run directory left by an earlier call")
+            shutil.rmtree(rd)
+        args = fit_args(point, fixed, out, comparison_id)
+        say(f"[{n}/{len(todo)}] {point.run_id}: {' '.join(args[1:])}")
+        start, code = time.perf_counter(), 0
+        try:
+            fit(args)
+            if (rd / SUMMARY).is_file():
+                outcome = Outcome(point, "ok")
+            else:
+                outcome = Outcome(point, "failed", "the run ended without writing summary.json")
+                code = 1
+        except (KeyboardInterrupt, SystemExit) as e:
+            # Lightning turns Ctrl+C into SystemExit(1) after a graceful shutdown.
+            outcome, stopped, code = Outcome(point, "interrupted", f"stopped ({type(e).__name__})"), True, 1
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after one
+        except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
+            code = 1
+            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            outcome = Outcome(point, "failed", f"{type(e).__name__}: {message}"[:300])
+            rd.mkdir(parents=True, exist_ok=True)
+            (rd / ERROR).write_text(traceback.format_exc())
+        finally:
+            finish_wandb(code)
+        outcome.seconds = time.perf_counter() - start
+        outcomes[id(point)] = outcome
+        if outcome.status != "ok":
+            where = f" (traceback: {rd / ERROR})" if (rd / ERROR).is_file() else ""
+            say(f"{point.run_id}: {outcome.status.upper()}: {outcome.error}{where}")
+        else:
+            say(f"{point.run_id}: done in {outcome.seconds:.0f} s")
+    return [outcomes[id(p)] for p in points]

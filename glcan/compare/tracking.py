@@ -1,0 +1,86 @@
+"""The comparison's own W&B run: job_type ``comparison``, in the runs' group.
+
+It logs the per-run results as a ``wandb.Table``, a ``wandb.plot.scatter`` of test accuracy vs
+peak memory, the report's PNGs, and whether the comparison is complete. Like the runs' logger
+it is best effort: any W&B failure is one warning and the comparison's files stand. Offline
+without an API key; nothing at all with ``--logger false`` or ``WANDB_MODE=disabled``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from glcan.compare.results import MIB, Run
+from glcan.loggers import WandbOptions, wandb_mode
+
+COLUMNS = ["run_id", "method", "num_blocks", "aux", "seed", "test_acc", "peak_memory_mib", "step_time_ms", "memory_method"]
+
+
+def options_of(cfg_logger: Any) -> WandbOptions:
+    if isinstance(cfg_logger, WandbOptions):
+        return cfg_logger
+    if cfg_logger is None:
+        return WandbOptions(enabled=False)
+    fields = {k: v for k, v in vars(cfg_logger).items() if not k.startswith("__")}
+    return WandbOptions(**{k: v for k, v in fields.items() if k in WandbOptions.__dataclass_fields__})
+
+
+def wandb_on(options: WandbOptions) -> Optional[str]:
+    """The W&B mode the comparison uses, or None when W&B is off."""
+    mode = wandb_mode(options)
+    return None if not options.enabled or mode == "disabled" else mode
+
+
+def table_rows(runs: list[Run]) -> list[list[Any]]:
+    rows = []
+    for r in runs:
+        s = r.summary
+        if s is None:
+            continue
+        mem = s.get("peak_memory_bytes")
+        rows.append([r.point.run_id, s.get("method"), s.get("num_blocks"), s.get("aux") or "none", s.get("seed"),
+                     s.get("test_acc"), None if mem is None else mem / MIB, s.get("step_time_ms"), s.get("memory_method")])
+    return rows
+
+
+def log_comparison(out: Path, cid: str, options: WandbOptions, runs: list[Run], plots: list[str],
+                   config: dict[str, Any]) -> Optional[str]:
+    """Log the comparison run; return its local directory (None when off or failed)."""
+    mode = wandb_on(options)
+    if mode is None:
+        return None
+    try:
+        import wandb
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = wandb.init(project=options.project, group=cid, job_type="comparison", name=f"{cid}/comparison",
+                             dir=str(out), mode=mode, config=config, tags=["comparison", *options.tags],
+                             reinit="finish_previous")
+        table = wandb.Table(columns=COLUMNS, data=table_rows(runs))
+        run.log({
+            "comparison/runs": table,
+            "comparison/acc_vs_memory": wandb.plot.scatter(table, "peak_memory_mib", "test_acc",
+                                                           title="Test accuracy vs peak memory (MiB)"),
+            **{f"comparison/{Path(p).stem}": wandb.Image(str(out / p)) for p in plots if (out / p).is_file()},
+        })
+        missing = [r.point.run_id for r in runs if r.summary is None]
+        run.summary.update({"complete": not missing, "missing_runs": missing, "planned_runs": len(runs)})
+        where = os.path.dirname(run.dir) if run.dir else None
+        run.finish()
+        return where
+    except Exception as e:  # noqa: BLE001 - W&B must never cost the comparison
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        warnings.warn(f"W&B comparison run failed ({type(e).__name__}: {first}); the comparison's files are complete",
+                      stacklevel=2)
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1)
+        except Exception:  # noqa: BLE001
+            pass
+        return None

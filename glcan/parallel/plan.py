@@ -1,0 +1,185 @@
+"""What a pipeline run needs before its workers start: the job, the run directory, the groups.
+
+Grouping. A pipeline runs at the pace of its slowest worker, so blocks are grouped by *time*,
+not memory: the reference measurements (docs/parallel.md) show the early high-resolution
+blocks cost far more time than their share of memory or FLOPs suggests. ``balance=time``
+times a few local steps of a copy of the network, block by block (forward, head, backward,
+optimizer step) with the workers' thread count, adds worker 0's data-loading time to block 0,
+and picks the contiguous grouping that minimises the slowest group (the exact dynamic
+programme of glcan.core.split).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from glcan.core.split import balanced_boundaries, block_ranges
+from glcan.core.step import local_step
+from glcan.parallel.options import PipelineError
+
+
+@dataclass
+class Job:
+    """Everything a worker needs; pickled to spawned workers (the model carries its init)."""
+
+    model: Any
+    datamodule: Any
+    groups: list[list[int]]
+    run_dir: str
+    workers: int
+    depth: int = 2
+    threads: Optional[int] = None
+    timeout: float = 120.0
+    max_epochs: int = 1  # -1: until max_steps
+    max_steps: int = -1
+    limit_batches: Optional[Union[int, float]] = None
+    total_steps: Optional[int] = None
+    precision: str = "32-true"
+    device_type: str = "cpu"
+    seed: Optional[int] = None
+    balance: Any = "time"
+    group_cost_ms: Optional[list[float]] = None
+    init_method: str = "env://"
+    spawned: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def blocks_text(self, rank: int) -> str:
+        g = self.groups[rank]
+        return f"block {g[0]}" if len(g) == 1 else f"blocks {g[0]}-{g[-1]}"
+
+
+def device_type(accelerator: Any) -> str:
+    acc = str(accelerator or "auto").lower()
+    if acc == "cpu":
+        return "cpu"
+    if acc in ("gpu", "cuda", "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if acc == "auto":
+            return "cpu"
+        raise PipelineError(f"trainer.accelerator={acc} but no CUDA device is available")
+    raise PipelineError(f"pipeline mode runs on cpu or cuda, not trainer.accelerator={acc}")
+
+
+def batches_per_epoch(num_batches: int, limit: Optional[Union[int, float]]) -> int:
+    """Lightning's ``limit_train_batches`` rule: an int caps the count, a float is a fraction."""
+    if limit is None:
+        return num_batches
+    if isinstance(limit, int):
+        return min(num_batches, limit)
+    count = int(num_batches * float(limit))
+    if count == 0 and limit > 0:
+        raise PipelineError(f"trainer.limit_train_batches={limit} of {num_batches} batches is less than one batch")
+    return count
+
+
+def stepping(max_epochs: Optional[int], max_steps: Optional[int], per_epoch: int) -> tuple[int, Optional[int]]:
+    """(epochs to run or -1, total optimizer steps) as ``trainer.estimated_stepping_batches``."""
+    max_steps = -1 if max_steps is None else int(max_steps)
+    if max_epochs is None:
+        max_epochs = -1 if max_steps != -1 else 1000  # Lightning's defaults
+    if max_epochs == -1:
+        if max_steps == -1:
+            raise PipelineError("set trainer.max_epochs or trainer.max_steps for a pipeline run")
+        return -1, max_steps
+    total = per_epoch * int(max_epochs)
+    return int(max_epochs), min(total, max_steps) if max_steps != -1 else total
+
+
+def next_run_dir(root: str, name: str, run_dir: Optional[str]) -> Path:
+    """``--run_dir``, or ``root/name/version_N`` with the next free N (the CSV logger's rule)."""
+    if run_dir:
+        path = Path(run_dir)
+    else:
+        base = Path(root) / name
+        versions = [int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()]
+        path = base / f"version_{max(versions) + 1 if versions else 0}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------- grouping by measured time
+def block_times_ms(model: Any, batch_size: int, image_shape: Sequence[int], num_classes: int, device: torch.device,
+                   threads: int, steps: int = 3) -> list[float]:
+    """Median time per block of ``steps`` local steps (after one warm-up) on a copy of the model.
+
+    Random inputs from a private generator: the global RNG and the real model are untouched.
+    """
+    probe = copy.deepcopy(model).to(device)
+    probe.train()
+    optimizers = probe.build_optimizers()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *image_shape, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    k_total = probe.net.num_blocks
+    marks: list[tuple[int, float]] = []
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def on_phase(_: str, k: int) -> None:
+        sync()
+        marks.append((k, time.perf_counter()))
+
+    def step(k: int) -> None:
+        optimizers[k].step()
+        optimizers[k].zero_grad(set_to_none=True)
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    samples: list[list[float]] = [[] for _ in range(k_total)]
+    try:
+        for i in range(steps + 1):
+            marks.clear()
+            local_step(probe.net, x, y, step, on_phase=on_phase)
+            sync()
+            marks.append((k_total, time.perf_counter()))
+            if i > 0:
+                for (k, t0), (_, t1) in zip(marks, marks[1:]):
+                    samples[k].append((t1 - t0) * 1000.0)
+    finally:
+        torch.set_num_threads(old)
+    return [statistics.median(s) for s in samples]
+
+
+def data_time_ms(datamodule: Any, batches: int = 2) -> float:
+    """Worker 0's cost of loading one training batch (a private, unshuffled loader)."""
+    datamodule.setup("fit")
+    loader = torch.utils.data.DataLoader(datamodule.train_set, batch_size=datamodule.batch_size, shuffle=False,
+                                         num_workers=datamodule.num_workers)
+    it, times = iter(loader), []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        if next(it, None) is None:
+            break
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times) if times else 0.0
+
+
+def group_blocks(num_blocks: int, workers: int, balance: Any, costs: Optional[Sequence[float]] = None) -> list[list[int]]:
+    """Contiguous groups of block indices, one per worker."""
+    if not 1 <= workers <= num_blocks:
+        raise PipelineError(f"parallel.workers={workers} must be between 1 and model.num_blocks={num_blocks}")
+    if isinstance(balance, (list, tuple)):
+        starts = [int(b) for b in balance]
+        if len(starts) != workers - 1 or starts != sorted(set(starts)) or (starts and not 0 < starts[0] <= starts[-1] < num_blocks):
+            raise PipelineError(f"parallel.balance {starts} must list the first block of workers 1..{workers - 1}: "
+                                f"{workers - 1} increasing indices in 1..{num_blocks - 1}")
+    elif balance == "blocks" or costs is None:
+        base, extra = divmod(num_blocks, workers)
+        sizes = [base + (1 if w < extra else 0) for w in range(workers)]
+        starts = [sum(sizes[:w]) for w in range(1, workers)]
+    else:
+        prefix = [0.0]
+        for c in costs:
+            prefix.append(prefix[-1] + float(c))
+        starts = balanced_boundaries(num_blocks, workers, lambda i, j: prefix[j] - prefix[i])
+    return [list(range(a, b)) for a, b in block_ranges(starts, num_blocks)]

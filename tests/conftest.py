@@ -1,0 +1,48 @@
+"""Shared test helpers: the real configs, shrunk (fake data, tiny batches, CPU, no W&B)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+LOCAL_CONFIG = str(CONFIGS / "mnist5k_resnet20_glcan_k4.yaml")
+E2E_CONFIG = str(CONFIGS / "mnist5k_resnet20_e2e.yaml")
+
+# The real experiment configs shrunk to seconds: fake 32x32 data, batches of 16, CPU, no bars, no W&B.
+SHRINK = [
+    "--data.name", "fake", "--data.fake_size", "64", "--data.batch_size", "16",
+    "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false", "--logger.enabled", "false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test touches the network: W&B is offline unless a test says otherwise."""
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("GLCAN_TEST_WANDB_MODE", "offline"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    torch.manual_seed(0)
+
+
+def fit(config: str, run_dir: Path, *extra: str):
+    """Train through the real CLI in-process; returns the CLI (trainer, model, datamodule)."""
+    from glcan.cli import GLCanCLI
+
+    return GLCanCLI(args=["fit", "--config", config, *SHRINK, "--run_dir", str(run_dir), *extra])
+
+
+class StopAfterEpoch(L.Callback):
+    """Simulates an interruption: the run is planned for more epochs but stops after ``epoch``."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True

@@ -1,0 +1,198 @@
+"""``train.py compare``: the grid, its outputs, resume, failures and bad input.
+
+One small comparison (method=e2e,local x aux=glcan,linear -> 3 runs, on fake data) is trained
+once for the module and shared; the resume test then deletes one run's summary.json. W&B is
+offline (every run and the comparison run leave an offline-run directory); nothing here
+touches the network.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from glcan.compare import runner
+from glcan.compare.cli import main as compare_main
+from glcan.compare.grid import CompareError, expand, parse_args
+from glcan.entry import main as entry_main
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = str(REPO / "configs" / "mnist5k_resnet20_glcan_k4.yaml")
+FAST = ["--data.name", "fake", "--data.fake_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--model.num_blocks", "2", "--model.split", "uniform",
+        "--trainer.log_every_n_steps", "1"]
+GRID = ["--grid", "model.method=e2e,local", "--grid", "model.aux=glcan,linear"]
+IDS = ["e2e_s0", "local_k2_glcan_s0", "local_k2_linear_s0"]
+PNGS = ["acc_vs_memory.png", "block_acc.png", "loss_curves.png"]
+
+
+def _argv(out: Path, *extra: str) -> list[str]:
+    return ["--config", BASE, *GRID, *FAST, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.delenv("WANDB_API_KEY", raising=False)
+        rc = compare_main(_argv(out, "--name", "cmp_test"))
+    return out, rc, (out / "report.md").read_text()
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "comparison.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- the grid (no training) ---------------------------------------------------------------
+
+def test_grid_expands_with_e2e_once_per_seed():
+    opts = parse_args(["--grid", "model.method=e2e,local", "--grid", "model.num_blocks=2,4", "--grid",
+                       "model.aux=glcan,linear", "--seeds", "2", "--data.name", "fake"])
+    assert opts.fixed == ["--data.name", "fake"] and opts.seeds == [0, 1]
+    plan = expand(opts, {"model.method": "local", "model.num_blocks": 4, "model.aux": "glcan"})
+    ids = [p.run_id for p in plan.points]
+    assert ids[:5] == ["e2e_s0", "local_k2_glcan_s0", "local_k2_linear_s0", "local_k4_glcan_s0", "local_k4_linear_s0"]
+    assert len(ids) == 10 and len(set(ids)) == 10 and ids[5] == "e2e_s1"
+    e2e = plan.points[0]
+    assert e2e.overrides == {"model.method": "e2e"} and e2e.args() == ["--model.method", "e2e"]
+
+
+def test_grid_ids_name_other_keys_and_brackets():
+    opts = parse_args(["--grid=model.split=uniform,[3,6]", "--grid", "data.batch_size=16,32", "--seed_list", "3"])
+    plan = expand(opts, {"model.method": "local", "model.num_blocks": 3, "model.aux": "glcan"})
+    assert [p.run_id for p in plan.points] == [
+        "local_k3_glcan_split-uniform_batch_size-16_s3", "local_k3_glcan_split-uniform_batch_size-32_s3",
+        "local_k3_glcan_split-3-6_batch_size-16_s3", "local_k3_glcan_split-3-6_batch_size-32_s3"]
+    assert plan.points[2].overrides["model.split"] == "[3,6]"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "model.num_blocks"], "--grid 'model.num_blocks' needs key=v1,v2"),
+    (["--grid", "model.num_blocks="], "needs key=v1,v2"),
+    (["--grid", "=2,4"], "needs key=v1,v2"),
+    (["--grid", "seed_everything=1,2"], "use --seeds"),
+    (["--grid", "model.aux=glcan", "--grid", "model.aux=linear"], "already in the grid"),
+    (["--seeds", "0"], "--seeds needs a positive count"),
+    (["--run_dir", "x"], "set by compare"),
+])
+def test_bad_arguments_are_one_line(argv: list[str], message: str):
+    with pytest.raises(CompareError, match=re.escape(message)):
+        parse_args(argv)
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("model.num_blocks", "error: --grid 'model.num_blocks' needs key=v1,v2"),
+    ("model.nonsense=1,2", "error: --grid 'model.nonsense=1,2': unknown key 'model.nonsense'"),
+    ("model.method=e2e,bogus", "error: --grid 'model.method=e2e,bogus': bad value 'bogus'"),
+])
+def test_bad_grid_fails_before_any_training(tmp_path, monkeypatch, capsys, grid, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+    def no_fit(args):
+        raise AssertionError("a run started despite a bad grid")
+
+    monkeypatch.setattr(runner, "_fit", no_fit)
+    rc = entry_main(["compare", "--config", BASE, "--grid", grid, *FAST, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+# --- one real comparison ----------------------------------------------------------------------
+
+def test_comparison_rows_and_files(compared):
+    out, rc, report = compared
+    assert rc == 0
+    rows = _rows(out)
+    assert [r["run_id"] for r in rows] == IDS  # E2E once, not once per aux
+    assert all(r["status"] == "ok" for r in rows)
+    assert [r["method"] for r in rows] == ["e2e", "local", "local"]
+    assert [r["aux"] for r in rows] == ["", "glcan", "linear"]
+    assert len(json.loads(rows[1]["block_acc"])) == 2 and float(rows[0]["peak_memory_bytes"]) > 0
+    assert "memory_parts.activations" in rows[0]  # nested summary fields are flattened
+    for png in PNGS:
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    manifest = json.loads((out / "comparison.json").read_text())
+    assert manifest["id"] == "cmp_test" and [r["run_id"] for r in manifest["runs"]] == IDS
+
+
+def test_report_table_and_provenance(compared):
+    out, _, report = compared
+    assert "**Complete:** all 3 planned runs finished." in report
+    table = [ln for ln in report.splitlines() if ln.startswith("| e2e") or ln.startswith("| local")]
+    assert len(table) == 3
+    assert table[0].split(" | ")[8:9] == ["1.00×"]  # memory ratio of E2E to itself
+    assert "| local | 2 | glcan | 1 |" in table[1] and "| local | 2 | linear | 1 |" in table[2]
+    for text in ("peak mem (MiB)", "mem / E2E", "step (ms)", "tensor-storage tracker", "## Machine", "cores",
+                 "python train.py compare --config", "--grid model.method=e2e,local", *PNGS):
+        assert text in report, text
+
+
+def test_wandb_offline_runs_share_the_group(compared):
+    out, _, _ = compared
+    for run_id in IDS:
+        summary = json.loads((out / "runs" / run_id / "summary.json").read_text())
+        assert summary["wandb_dir"] and Path(summary["wandb_dir"]).name.startswith("offline-run-")
+        assert Path(summary["wandb_dir"]).parent == out / "runs" / run_id / "wandb"
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1  # the comparison's own run
+    config = (out / "runs" / "e2e_s0" / "config.yaml").read_text()
+    assert "group: cmp_test" in config
+
+
+def test_resume_reruns_only_the_missing_point(compared, monkeypatch, capsys):
+    out, _, _ = compared
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    (out / "runs" / "local_k2_glcan_s0" / "summary.json").unlink()
+    kept = {i: (out / "runs" / i / "summary.json").stat().st_mtime_ns for i in ("e2e_s0", "local_k2_linear_s0")}
+    ran: list[str] = []
+    real_fit = runner._fit
+
+    def recording_fit(args):
+        ran.append(Path(args[args.index("--run_dir") + 1]).name)
+        real_fit(args)
+
+    monkeypatch.setattr(runner, "_fit", recording_fit)
+    assert compare_main(_argv(out)) == 0
+    assert ran == ["local_k2_glcan_s0"]
+    assert "skipping 2 complete run(s)" in capsys.readouterr().out
+    assert {i: (out / "runs" / i / "summary.json").stat().st_mtime_ns for i in kept} == kept
+    assert [r["status"] for r in _rows(out)] == ["ok"] * 3
+    assert "reused (resume)" in (out / "report.md").read_text()
+
+
+def test_resume_refuses_other_fit_options(compared):
+    out, _, _ = compared
+    with pytest.raises(CompareError, match="other fit options"):
+        compare_main(_argv(out, "--trainer.max_epochs", "2"))
+
+
+def test_a_failed_run_is_reported_and_the_comparison_marked_incomplete(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "out"
+    calls: list[str] = []
+
+    def fake_fit(args):  # the first point fails, the second "trains" by writing a summary
+        run_dir = Path(args[args.index("--run_dir") + 1])
+        calls.append(run_dir.name)
+        if run_dir.name.startswith("e2e"):
+            raise RuntimeError("out of memory (simulated)")
+        run_dir.mkdir(parents=True)
+        summary = {"method": "local", "num_blocks": 2, "aux": "glcan", "test_acc": 0.5, "block_acc": [0.4, 0.5],
+                   "peak_memory_bytes": 2**20, "memory_method": "test", "step_time_ms": 10.0, "timed_steps": 20}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    monkeypatch.setattr(runner, "_fit", fake_fit)
+    rc = compare_main(["--config", BASE, "--grid", "model.method=e2e,local", *FAST, "--out", str(out)])
+    assert rc == 1 and calls == ["e2e_s0", "local_k2_glcan_s0"]  # the failure did not stop the comparison
+    assert [(r["run_id"], r["status"]) for r in _rows(out)] == [("e2e_s0", "failed"), ("local_k2_glcan_s0", "ok")]
+    report = (out / "report.md").read_text()
+    assert "INCOMPLETE: 1 of 2 planned runs are missing" in report and "out of memory (simulated)" in report
+    assert "RuntimeError" in (out / "runs" / "e2e_s0" / "error.txt").read_text()

@@ -1,0 +1,102 @@
+"""Training under Lightning: equivalences, step counting, resume, checkpoints, bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import E2E_CONFIG, LOCAL_CONFIG, fit
+from glcan.data import GLCanDataModule
+from glcan.lit import GLCanModule
+from glcan.lit.checks import ConfigError
+
+def _trainer(**kw) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, deterministic=True, **kw)
+
+
+def test_local_with_one_block_equals_e2e():
+    """K=1 local (manual optimization, detach, own head) = E2E (automatic optimization)."""
+    dm = GLCanDataModule(name="fake", fake_size=48, batch_size=16, seed=0)
+    opt = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4)  # noqa: E731
+    common = dict(backbone="resnet20", num_classes=dm.num_classes, image_shape=dm.image_shape, optimizer=opt)
+    torch.manual_seed(0)
+    e2e = GLCanModule(method="e2e", **common)
+    local = GLCanModule(method="local", num_blocks=1, aux="linear", **common)
+    for a, b in zip(local.net.parameters(), e2e.net.parameters()):
+        a.data.copy_(b.data)
+    for model in (e2e, local):
+        L.seed_everything(0)
+        _trainer(max_epochs=2, limit_val_batches=0).fit(model, datamodule=dm)
+    for (name, a), b in zip(local.net.named_parameters(), e2e.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_global_step_counts_batches_and_max_steps_means_batches(tmp_path):
+    cli = fit(LOCAL_CONFIG, tmp_path / "a", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1")
+    assert cli.trainer.global_step == 6  # 2 epochs x 3 batches, with K=4 block optimizers
+    names = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert names == ["epoch001.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+    cli = fit(LOCAL_CONFIG, tmp_path / "b", "--trainer.max_epochs", "-1", "--trainer.max_steps", "5",
+              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1")
+    assert cli.trainer.global_step == 5
+    assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 5
+
+
+def test_summary_for_a_local_run(tmp_path):
+    fit(LOCAL_CONFIG, tmp_path, "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1")
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["method"] == "local" and s["num_blocks"] == 4 and s["aux"] == "glcan"
+    assert len(s["block_acc"]) == 4 and all(0.0 <= a <= 1.0 for a in s["block_acc"])
+    assert s["block_acc"][-1] == s["test_acc"]
+    assert s["peak_memory_bytes"] > 0 and "tracker" in s["memory_method"]
+    assert len(s["memory_block_peaks"]) == 4 and max(s["memory_block_peaks"]) == s["peak_memory_bytes"]
+    for key in ("arch", "dataset", "epochs", "seed", "params", "step_time_ms", "wandb_dir"):
+        assert key in s
+
+
+def _weights(path) -> dict:
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    args = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+            "--trainer.limit_test_batches", "1", "--trainer.deterministic", "true"]
+    fit(LOCAL_CONFIG, tmp_path / "full", "--trainer.max_epochs", "2", *args)
+    # Planned for 2 epochs (the OneCycle schedule spans both), stopped after the first.
+    fit(LOCAL_CONFIG, tmp_path / "part", "--trainer.max_epochs", "2", "--trainer.callbacks+=conftest.StopAfterEpoch", *args)
+    assert torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=False)["epoch"] == 0
+    fit(LOCAL_CONFIG, tmp_path / "part", "--trainer.max_epochs", "2", "--ckpt_path", "last", *args)
+    full, resumed = _weights(tmp_path / "full/checkpoints/last.ckpt"), _weights(tmp_path / "part/checkpoints/last.ckpt")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], msg=key)
+    ckpt = torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 4 and len(ckpt["lr_schedulers"]) == 4
+
+
+def test_checkpoint_of_another_split_is_refused_clearly(tmp_path):
+    args = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+    fit(LOCAL_CONFIG, tmp_path / "k4", *args)
+    ckpt = str(tmp_path / "k4/checkpoints/last.ckpt")
+    with pytest.raises(ConfigError, match="num_blocks=4 .config has 2"):
+        fit(LOCAL_CONFIG, tmp_path / "k2", "--model.num_blocks", "2", "--ckpt_path", ckpt, *args)
+    with pytest.raises(ConfigError, match="method='local' .config has 'e2e'"):
+        fit(E2E_CONFIG, tmp_path / "e2e", "--ckpt_path", ckpt, *args)
+
+
+def test_16_mixed_is_refused_for_local(tmp_path):
+    with pytest.raises(ConfigError, match="16-mixed"):
+        fit(LOCAL_CONFIG, tmp_path, "--trainer.precision", "16-mixed", "--trainer.limit_train_batches", "1")
+
+
+def test_bf16_mixed_trains_locally(tmp_path):
+    fit(LOCAL_CONFIG, tmp_path, "--trainer.precision", "bf16-mixed", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--model.gradient_clip_val", "1.0")
+    assert json.loads((tmp_path / "summary.json").read_text())["precision"] == "bf16-mixed"
