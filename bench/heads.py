@@ -11,7 +11,10 @@ every block, prints the block's and its head's
   one training-mode forward at batch 128 (fp32), seen with
   ``torch.autograd.graph.saved_tensors_hooks``. Parameters are not counted. The block's
   figure includes its input when a layer saves it; the head's excludes the block output
-  ``h`` it reads (the block holds it already), so it is what the head *adds*.
+  ``h`` it reads (the block holds it already), so it is what the head *adds*;
+* the head's peak: the most bytes its forward + backward at batch 128 hold at once beyond
+  ``h`` and the image (saved tensors, transient gradients, ``h.grad``), from
+  ``glcan.memory.tracker``. This, not the saved bytes, is what it adds to the block's peak.
 
 Usage::
 
@@ -36,36 +39,10 @@ NUM_CLASSES = 10
 
 
 def resnet32_units() -> list[nn.Module]:
-    """The 16 units of CIFAR ResNet-32 (glcan's backbone if present, else built here)."""
-    try:
-        from glcan.models import build_backbone
+    """The 16 units of glcan's CIFAR ResNet-32: the stem, then 15 basic blocks."""
+    from glcan.models import build_backbone
 
-        return list(build_backbone("resnet32", NUM_CLASSES).units)
-    except ImportError:  # stand-alone fallback: same layout, option-B shortcuts
-        pass
-
-    class Unit(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-            )
-            self.short = (
-                nn.Identity() if stride == 1 and cin == cout
-                else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.body(x) + self.short(x))
-
-    units: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())]
-    cin = 16
-    for cout in (16, 32, 64):
-        for i in range(5):
-            units.append(Unit(cin, cout, 2 if (i == 0 and cout != 16) else 1))
-            cin = cout
-    return units
+    return list(build_backbone("resnet32", NUM_CLASSES).units)
 
 
 def uniform_ranges(n: int, k: int) -> list[tuple[int, int]]:
@@ -103,6 +80,25 @@ def saved_bytes(fn, exclude: Iterable[torch.Tensor] = ()) -> int:
     return sum(seen.values())
 
 
+def head_peak(head: nn.Module, h: torch.Tensor, y: torch.Tensor, image: torch.Tensor) -> int:
+    """Peak bytes a head's forward + backward allocate beyond the tensors it is given.
+
+    Uses glcan's exact storage tracker; ``h`` and the image are registered first, so views of
+    them are not counted as new memory. Returns -1 if the tracker is not available.
+    """
+    try:
+        from glcan.memory.tracker import MemoryTracker
+    except ImportError:
+        return -1
+    tracker = MemoryTracker()
+    tracker.register([h, image], "input")
+    with tracker:
+        tracker.reset_peak()
+        base = tracker.current
+        head.loss(h, y, image)[0].backward()
+    return tracker.peak - base
+
+
 def params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -123,13 +119,17 @@ def measure(units: list[nn.Module], k: int, heads: list[str], batch: int) -> lis
             h1, hb = block(x1), block(xb)
         shape = tuple(hb.shape[1:])
         row["shape"] = "x".join(map(str, shape))
-        for name in heads:
-            head = build_head(name, shape, NUM_CLASSES, image_shape=IMAGE, block_index=idx, num_blocks=k)
+        for name in heads:  # "glcan:avg" is the glcan head with pooling="avg"
+            base, _, pooling = name.partition(":")
+            opts = {"pooling": pooling} if pooling else {}
+            head = build_head(base, shape, NUM_CLASSES, image_shape=IMAGE, block_index=idx, num_blocks=k, **opts)
             y = torch.randint(0, NUM_CLASSES, (batch,))
             hg = hb.clone().requires_grad_(True)
             head.train()
             saved = saved_bytes(lambda: head.loss(hg, y, image)[0], exclude=[hg, *head.parameters()])
-            row[name] = {"flops": flops(head, h1), "params": params(head), "saved": saved}
+            head.train()
+            peak = head_peak(head, hb.clone().requires_grad_(True), y, image)
+            row[name] = {"flops": flops(head, h1), "params": params(head), "saved": saved, "peak": peak}
         rows.append(row)
         x1, xb = h1, hb
     return rows
@@ -142,22 +142,23 @@ def pct(a: float, b: float) -> str:
 def print_glcan(rows: list[dict], k: int) -> None:
     print(f"\nResNet-32, K={k} (uniform split), GLCAN head (default options)\n")
     print("| block | units | output | block MFLOPs | head MFLOPs | FLOPs | block params | head params | params "
-          "| block saved MiB | head saved MiB | memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| block saved MiB | head saved MiB | memory | head peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         g = r["glcan"]
         print(f"| {r['k']} | {r['units']} | {r['shape']} | {r['block_flops'] / 1e6:.2f} | {g['flops'] / 1e6:.3f} "
               f"| {pct(g['flops'], r['block_flops'])} | {r['block_params']:,} | {g['params']:,} "
               f"| {pct(g['params'], r['block_params'])} | {r['block_saved'] / 2**20:.2f} "
-              f"| {g['saved'] / 2**20:.3f} | {pct(g['saved'], r['block_saved'])} |")
+              f"| {g['saved'] / 2**20:.3f} | {pct(g['saved'], r['block_saved'])} | {g['peak'] / 2**20:.2f} |")
 
 
 def print_all(rows: list[dict], k: int, heads: list[str]) -> None:
-    print(f"\nResNet-32, K={k}: every head's FLOPs / saved bytes as % of its block's\n")
+    print(f"\nResNet-32, K={k}: every head's FLOPs / saved bytes as % of its block's, head peak MiB\n")
     print("| block | output | " + " | ".join(heads) + " |")
     print("|---|---|" + "---|" * len(heads))
     for r in rows:
-        cells = [f"{pct(r[n]['flops'], r['block_flops'])} / {pct(r[n]['saved'], r['block_saved'])}" for n in heads]
+        cells = [f"{pct(r[n]['flops'], r['block_flops'])} / {pct(r[n]['saved'], r['block_saved'])} / "
+                 f"{r[n]['peak'] / 2**20:.2f}" for n in heads]
         print(f"| {r['k']} | {r['shape']} | " + " | ".join(cells) + " |")
 
 
@@ -167,7 +168,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
     torch.manual_seed(0)
-    heads = ["glcan"] + [n for n in ("linear", "dgl", "infopro") if n in list_heads()]
+    heads = ["glcan", "glcan:avg"] + [n for n in ("linear", "dgl", "infopro") if n in list_heads()]
     units = resnet32_units()
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"batch {args.batch} for memory, batch 1 for FLOPs")

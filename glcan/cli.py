@@ -105,12 +105,16 @@ class GLCanCLI(LightningCLI):
 
     def write_summary(self) -> Optional[Path]:
         trainer = self.trainer
-        if not trainer.is_global_zero or trainer.log_dir is None:
-            return None
+        # glcan.parallel (ddp): trainer.log_dir is a collective under DDP, so every rank builds the
+        # summary (build_summary reads log_dir too) and rank 0 alone writes it.
+        log_dir = trainer.log_dir
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         seed = self._cfg().get("seed_everything")
-        summary = build_summary(trainer, self.model, self.datamodule, seed, metrics, wandb_run_dir(trainer.loggers))
-        path = write_json_atomic(Path(trainer.log_dir) / "summary.json", summary)
+        wandb_dir = wandb_run_dir(trainer.loggers) if trainer.is_global_zero else None
+        summary = build_summary(trainer, self.model, self.datamodule, seed, metrics, wandb_dir)
+        if not trainer.is_global_zero or log_dir is None:
+            return None
+        path = write_json_atomic(Path(log_dir) / "summary.json", summary)
         for lg in trainer.loggers:
             if isinstance(lg, SafeWandbLogger):
                 lg.log_summary({"test/acc": summary["test_acc"], "memory/peak_bytes": summary["peak_memory_bytes"],

@@ -67,5 +67,6 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
     os.replace(tmp, path)
     return path

@@ -150,22 +150,28 @@ def test_wandb_offline_runs_share_the_group(compared):
 def test_resume_reruns_only_the_missing_point(compared, monkeypatch, capsys):
     out, _, _ = compared
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    (out / "runs" / "local_k2_glcan_s0" / "summary.json").unlink()
+    deleted = out / "runs" / "local_k2_glcan_s0" / "summary.json"
+    saved = deleted.read_text()
+    deleted.unlink()
     kept = {i: (out / "runs" / i / "summary.json").stat().st_mtime_ns for i in ("e2e_s0", "local_k2_linear_s0")}
-    ran: list[str] = []
-    real_fit = runner._fit
+    ran: list[list[str]] = []
 
-    def recording_fit(args):
-        ran.append(Path(args[args.index("--run_dir") + 1]).name)
-        real_fit(args)
+    def recording_fit(args):  # stands in for the real fit (trained above): records, writes the summary
+        ran.append(args)
+        run_dir = Path(args[args.index("--run_dir") + 1])
+        assert not run_dir.exists()  # the incomplete run directory was cleared first
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(saved)
 
     monkeypatch.setattr(runner, "_fit", recording_fit)
     assert compare_main(_argv(out)) == 0
-    assert ran == ["local_k2_glcan_s0"]
+    assert [Path(a[a.index("--run_dir") + 1]).name for a in ran] == ["local_k2_glcan_s0"]
+    assert ran[0][ran[0].index("--logger.group") + 1] == "cmp_test"  # the resumed run keeps the group
     assert "skipping 2 complete run(s)" in capsys.readouterr().out
     assert {i: (out / "runs" / i / "summary.json").stat().st_mtime_ns for i in kept} == kept
     assert [r["status"] for r in _rows(out)] == ["ok"] * 3
-    assert "reused (resume)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "reused (resume)" in report and "**Complete:**" in report
 
 
 def test_resume_refuses_other_fit_options(compared):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from glcan.data.sampler import EpochSeededSampler
 from glcan.data import DATASETS, DataError, DatasetName, GLCanDataModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -101,10 +102,23 @@ def test_train_order_is_reproducible_for_a_seed() -> None:
     assert not torch.equal(a[0], c[0])
 
 
+def test_epoch_order_depends_only_on_seed_and_epoch(mnist: GLCanDataModule) -> None:
+    """A resumed run builds a new loader: its epoch-1 order must equal the uninterrupted run's."""
+    running = mnist.train_dataloader().sampler
+    running.set_epoch(0)
+    first = list(running)
+    running.set_epoch(1)
+    second = list(running)
+    fresh = mnist.train_dataloader().sampler
+    fresh.set_epoch(1)
+    assert list(fresh) == second != first
+    assert sorted(second) == list(range(4000))
+
+
 def test_loaders_settings(mnist: GLCanDataModule) -> None:
     train, val = mnist.train_dataloader(), mnist.val_dataloader()
     assert train.drop_last is False and train.num_workers == 0
-    assert isinstance(train.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(train.sampler, EpochSeededSampler)
     assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
     assert sum(len(y) for _, y in val) == 500
     assert len(train) == 32  # ceil(4000 / 128): the last partial batch is kept

@@ -135,7 +135,7 @@ def loss_curves(path: Path, groups: list[Group], runs: list[Run], out: Path) -> 
                 continue
             columns.add(column)
             ax.plot(steps, losses, color=st[g.config_id]["color"], linewidth=1.5 if g.method == "local" else 2.2,
-                    linestyle="-" if g.method == "local" else "--", marker="o" if len(steps) < 4 else None,
+                    linestyle="-" if g.method == "local" else "--", marker="o" if len(steps) < 4 else "." if len(steps) < 30 else None,
                     alpha=0.9, label=None if labelled else g.label)
             labelled = True
     ax.set_xlabel("training step (batches)")

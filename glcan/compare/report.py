@@ -61,6 +61,8 @@ def machine() -> dict[str, str]:
         pass
     info = {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
             "os": platform.platform(), "cpu": f"{cpu}, {os.cpu_count()} cores"}
+    if hasattr(os, "getloadavg"):  # other work on the machine slows the step times down
+        info["load average (1/5/15 min, at the end)"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     try:
         import lightning
         import torch
@@ -129,11 +131,16 @@ def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None
     from rich.table import Table
 
     headers, rows = table(groups)
-    t = Table(title=f"Comparison {cid}", caption=status_line(runs).replace("**", "") + " Peak memory mean, step time "
-              "median over seeds; ratios to E2E.")
+    caption = status_line(runs).replace("**", "") + " Peak memory: mean, step time: median over seeds; ratios to E2E."
+    methods = {r[headers.index("measured by")] for r in rows} - {"n/a"}
+    if len(methods) == 1:  # one measuring method: say it once, keep the table narrow
+        i = headers.index("measured by")
+        headers, rows = headers[:i] + headers[i + 1:], [r[:i] + r[i + 1:] for r in rows]
+        caption += f" Memory measured by: {methods.pop()}."
+    t = Table(title=f"Comparison {cid}", caption=caption)
     for h in headers:
-        t.add_column(h, justify="left" if h in ("method", "aux", "measured by") else "right",
-                     no_wrap=h not in ("measured by", "per-block acc (%)"))
+        t.add_column(h, justify="left" if h in ("method", "aux", "measured by") else "right", no_wrap=h != "measured by")
     for r in rows:
-        t.add_row(*r, style="red" if "missing" in r[headers.index("test acc (%)")] or " of " in r[headers.index("seeds")] else None)
+        bad = "missing" in r[headers.index("test acc (%)")] or " of " in r[headers.index("seeds")]
+        t.add_row(*r, style="red" if bad else None)
     Console(file=file or sys.stdout, width=max(150, Console().width)).print(t)

@@ -65,16 +65,6 @@ def local_step(
     return results
 
 
-def e2e_step(
-    net: SplitNetwork, x: torch.Tensor, y: torch.Tensor, step: StepFn, backward: Backward = _plain_backward
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """End-to-end backprop through all blocks from the last head's loss (the baseline)."""
-    loss, logits = e2e_loss(net, x, y)
-    backward(loss)
-    step(0)
-    return loss.detach(), logits.detach()
-
-
 def e2e_loss(net: SplitNetwork, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward through every block (no detach) and the last head's loss."""
     h = x

@@ -6,7 +6,9 @@ sits -- ``image_shape``, ``block_index``, ``num_blocks`` -- are passed to every 
 declares them and silently dropped for the others, so the trainer can call every head the
 same way. Everything else is a head option, checked here against the factory's signature:
 a misspelt option in a config fails at build time with the list of valid ones, instead of
-surfacing as a ``TypeError`` deep in a constructor. Your own heads join the same way::
+surfacing as a ``TypeError`` deep in a constructor (a factory that takes ``**kwargs`` gets
+everything, placement keywords included, and checks its own options). Your own heads join
+the same way::
 
     @register_head("mine")
     class MyHead(AuxHead):
@@ -16,6 +18,7 @@ surfacing as a ``TypeError`` deep in a constructor. Your own heads join the same
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any, Callable
 
 from glcan.heads.base import AuxHead
@@ -97,9 +100,13 @@ def _check_shape(in_shape: Any, num_classes: Any) -> tuple[int, int, int]:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"a head needs in_shape = (C, H, W) of positive sizes, got {in_shape!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"a head needs num_classes >= 1, got {num_classes!r}")
     return shape  # type: ignore[return-value]
+
+
+def _takes_any_keyword(factory: HeadFactory) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
 
 
 def build_head(
@@ -133,10 +140,11 @@ def build_head(
     shape = _check_shape(in_shape, num_classes)
     params = _parameters(factory)
     options = [k for k in params if k not in PLACEMENT_KEYWORDS]
-    unknown = sorted(k for k in kwargs if k not in options)
+    open_ended = _takes_any_keyword(factory)  # a ``**kwargs`` factory checks its own options
+    unknown = [] if open_ended else sorted(k for k in kwargs if k not in options)
     if unknown:
         takes = ", ".join(options) if options else "no options"
         raise ValueError(f"head {name!r} got unknown option(s): {', '.join(unknown)}; it takes: {takes}")
     placement = {"image_shape": tuple(image_shape), "block_index": block_index, "num_blocks": num_blocks}
-    kwargs.update({k: v for k, v in placement.items() if k in params})
-    return factory(shape, num_classes, **kwargs)
+    kwargs.update({k: v for k, v in placement.items() if open_ended or k in params})
+    return factory(shape, int(num_classes), **kwargs)

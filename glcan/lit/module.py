@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from glcan.core.build import build_network, make_heads, probe_shapes, resolve_boundaries
 from glcan.core.step import e2e_loss, local_step
@@ -91,7 +92,10 @@ class GLCanModule(L.LightningModule):
         self.net = build_network(backbone, method, boundaries, heads)
         if block_lr_scale is not None and len(block_lr_scale) != self.net.num_blocks:
             raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({k})")
-        self.metrics = BlockMetrics(self.net.num_blocks, num_classes)
+        # torchmetrics deep-copies its state tensors, which FakeTensors do not survive (the memory
+        # predictor builds this module under FakeTensorMode), so metrics are always real.
+        with unset_fake_temporarily():
+            self.metrics = BlockMetrics(self.net.num_blocks, num_classes)
         self.automatic_optimization = method != "local"
 
     def _memory_split(self, backbone: Backbone, shapes: list) -> Any:

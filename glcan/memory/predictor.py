@@ -10,7 +10,6 @@ is how the two are tested against each other.
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch import nn
 
-from glcan.core.step import e2e_step, local_step
+from glcan.core.step import e2e_loss, local_step
 from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
 
 
@@ -69,15 +68,19 @@ def as_fake(module: nn.Module) -> nn.Module:
 
 def run_training_step(module: Any, x: torch.Tensor, y: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
     """One step exactly as GLCanModule trains, without a Trainer: local blocks zero their
-    gradients right after stepping; E2E zeroes before the forward, as Lightning does."""
+    gradients right after stepping; for E2E, Lightning's automatic optimization zeroes the
+    gradients after the forward and before the backward, so the previous step's gradients are
+    still alive at the end of the forward, and they count."""
     if module.hparams.method == "local":
         def step(k: int) -> None:
             optimizers[k].step()
             optimizers[k].zero_grad(set_to_none=True)
         local_step(module.net, x, y, step=step)
     else:
+        loss, _ = e2e_loss(module.net, x, y)
         optimizers[0].zero_grad(set_to_none=True)
-        e2e_step(module.net, x, y, step=lambda k: optimizers[0].step())
+        loss.backward()
+        optimizers[0].step()
 
 
 def measure_steps(module: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2, precision: str = "32-true") -> MemoryEstimate:
@@ -124,9 +127,7 @@ def predict(
         steps: training steps to run; the last is reported (2: the first creates optimizer state).
         precision: ``32-true`` or ``bf16-mixed`` (autocast).
     """
-    with fake_mode(), warnings.catch_warnings():
-        # torchmetrics deep-copies its default states, which reads a (fake) data pointer
-        warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
+    with fake_mode():
         module = build()
         x = torch.randn(batch_size, *image_shape)
         y = torch.randint(0, num_classes, (batch_size,))

@@ -27,16 +27,6 @@ from glcan.memory.predictor import as_fake, fake_mode
 from glcan.memory.tracker import MemoryTracker
 
 
-def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        st = t.untyped_storage()
-        if id(st) not in seen:
-            seen.add(id(st))
-            total += st.nbytes()
-    return total
-
-
 def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_size: int) -> list[dict[str, int]]:
     """Per unit: ``saved`` bytes kept for backward, ``out`` bytes of its output, ``grads`` bytes
     of its parameters' gradients, at ``batch_size``."""
@@ -45,15 +35,18 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
         x = torch.randn(batch_size, *image_shape)
         for unit in units:
             unit = as_fake(unit)
-            saved: list[torch.Tensor] = []
+            # Record sizes only (storages are alive while `out` holds the graph, so ids are unique);
+            # keeping the tensors here would make a reference cycle through the hook.
+            saved: dict[int, int] = {}
             def pack(t: torch.Tensor) -> torch.Tensor:
-                saved.append(t)
+                st = t.untyped_storage()
+                saved[id(st)] = st.nbytes()
                 return t
             unit.train()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 out = unit(x.detach().requires_grad_())
             grads = sum(p.numel() * p.element_size() for p in unit.parameters() if p.requires_grad)
-            costs.append({"saved": _storage_bytes(saved), "out": out.numel() * out.element_size(), "grads": grads})
+            costs.append({"saved": sum(saved.values()), "out": out.numel() * out.element_size(), "grads": grads})
             x = out.detach()
     return costs
 
@@ -69,10 +62,12 @@ def head_peak(aux: str, shape: Sequence[int], num_classes: int, image_shape: Seq
         y = torch.randint(0, num_classes, (batch_size,))
         tracker = MemoryTracker()
         with tracker:
+            tracker.register([h, x, y], "input")  # a head's views of h must not count h again
+            base = tracker.current
             tracker.reset_peak()
             loss, _ = head.loss(h, y, x)
             loss.backward()
-        return int(tracker.peak)
+        return int(tracker.peak - base)
 
 
 def memory_split_fn(

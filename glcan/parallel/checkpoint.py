@@ -99,11 +99,11 @@ def assemble(run_dir: str | Path, epoch: int, workers: int, model: Any, datamodu
         "glcan": describe(model),
         "glcan_pipeline": {"workers": workers, "groups": [s["blocks"] for s in shards]},
     }
-    for prefix, obj in (("", model), ("datamodule_", datamodule)):
+    for obj in (model, datamodule):  # their CHECKPOINT_HYPER_PARAMS_* names differ
         if obj is not None and obj.hparams:
             if hasattr(obj, "_hparams_name"):
-                checkpoint[prefix + obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
-            checkpoint[prefix + obj.CHECKPOINT_HYPER_PARAMS_KEY] = init_hparams(obj)
+                checkpoint[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
+            checkpoint[obj.CHECKPOINT_HYPER_PARAMS_KEY] = init_hparams(obj)
     ckpt_dir = Path(run_dir) / "checkpoints"
     path = atomic_save(checkpoint, ckpt_dir / f"epoch{epoch - 1:03d}.ckpt")
     atomic_save(checkpoint, ckpt_dir / "last.ckpt")

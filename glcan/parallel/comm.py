@@ -28,7 +28,7 @@ class PeerLost(RuntimeError):
     """A neighbouring worker closed the connection or went silent past the timeout."""
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[path/to/file.cc:561] " prefix
     return line.split(". This is typically")[0][:200]
@@ -54,7 +54,7 @@ class Link:
         self.wait_s = 0.0  # time blocked in waits (recv, or send back-pressure)
 
     def _lost(self, e: BaseException, doing: str) -> PeerLost:
-        return PeerLost(f"{self.describe(self.peer)} stopped responding while {doing}: {_short(e)}")
+        return PeerLost(f"{self.describe(self.peer)} stopped responding while {doing}: {short_error(e)}")
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: int, epoch: int, step: int, y: Optional[torch.Tensor] = None,
@@ -62,12 +62,12 @@ class Link:
         """Post one message; first wait until fewer than ``depth`` are outstanding."""
         while len(self.inflight) >= self.depth:
             self._wait_oldest()
-        header = torch.zeros(HEADER + self.max_batch, dtype=torch.int64)
+        header = torch.zeros(HEADER + self.max_batch, dtype=torch.int64, device=self.device)
         n = 0 if y is None else int(y.shape[0])
         header[:5] = torch.tensor([kind, n, DTYPES.index(h.dtype) if h is not None else 0, epoch, step])
         if y is not None:
-            header[HEADER:HEADER + n] = y.detach().to("cpu", torch.int64)
-        tensors = [header.to(self.device)]
+            header[HEADER:HEADER + n] = y.detach().to(self.device, torch.int64)
+        tensors = [header]
         if h is not None:
             tensors.append(h.detach().contiguous())
         try:

@@ -11,28 +11,21 @@ noticed by the workers themselves (closed connection, or ``parallel.timeout``).
 from __future__ import annotations
 
 import datetime
-import json
-import multiprocessing.connection
 import os
 import random
-import signal
-import socket
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.multiprocessing import start_processes
 
 from glcan.cli import GLCanCLI, run_name
 from glcan.core.build import probe_shapes
 from glcan.parallel import plan as planning
-from glcan.parallel.checkpoint import last_complete
 from glcan.parallel.options import PipelineError
 from glcan.parallel.plan import Job
-from glcan.parallel.worker import worker_dir, worker_main
+from glcan.parallel.supervise import spawn, worker_main
 
 PRECISIONS = ("32-true", "32", "bf16-mixed")
 
@@ -82,7 +75,7 @@ def build_job(cli: PipelineCLI, workers: Optional[int] = None, plan: bool = True
     job = Job(model=model, datamodule=dm, groups=[], run_dir="", workers=workers, depth=opts.depth,
               threads=opts.threads, timeout=opts.timeout, max_epochs=max_epochs, max_steps=trainer.max_steps or -1,
               total_steps=total, precision=str(trainer.precision), device_type=device, seed=cfg.get("seed_everything"),
-              balance=opts.balance, extra={"per_epoch": per_epoch, "rng_state": rng,
+              balance=opts.balance, extra={"per_epoch": per_epoch, "rng_state": rng, "limit_test": trainer.limit_test_batches,
                                            "block_shapes": probe_shapes(model.net.blocks, dm.image_shape)})
     planning.group_blocks(model.net.num_blocks, workers, opts.balance)  # validates before any work
     if plan:
@@ -110,70 +103,6 @@ def _save_config(cli: PipelineCLI, run_dir: Path) -> None:
         (run_dir / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
     except Exception:  # noqa: BLE001 - the config copy is a convenience, never a reason to fail
         pass
-
-
-# ---------------------------------------------------------------- launched plainly: spawn
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(job: Job) -> int:
-    """Start the workers and wait; on a failure stop the rest and report it in one line."""
-    job.spawned, job.init_method = True, f"tcp://127.0.0.1:{_free_port()}"
-    for stale in worker_dir(job.run_dir).glob("worker*.error"):
-        stale.unlink()
-    ctx = start_processes(worker_main, args=(job,), nprocs=job.workers, join=False, start_method="spawn")
-    procs = ctx.processes
-    try:
-        pending = {p.sentinel: i for i, p in enumerate(procs)}
-        while pending:
-            for s in multiprocessing.connection.wait(list(pending)):
-                procs[pending.pop(s)].join()
-            failed = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if failed:
-                multiprocessing.connection.wait([procs[i].sentinel for i in pending], timeout=1.0)
-                _stop(procs)
-                print(f"error: {failure_message(job, procs)}", file=sys.stderr, flush=True)
-                return 1
-    except KeyboardInterrupt:
-        _stop(procs)
-        print("error: interrupted; the pipeline workers were stopped", file=sys.stderr, flush=True)
-        return 130
-    return 0
-
-
-def _stop(procs: list) -> None:
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(10)
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
-def failure_message(job: Job, procs: list) -> str:
-    """One line: the worker that failed first (a killed one, or one not merely reporting a lost peer)."""
-    infos = []
-    for i, p in enumerate(procs):
-        path = worker_dir(job.run_dir) / f"worker{i}.error"
-        info = json.loads(path.read_text()) if path.exists() else None
-        if p.exitcode not in (None, 0) and p.exitcode != -signal.SIGTERM or info:
-            infos.append((i, p.exitcode, info))
-    rank_of = lambda t: (0 if (t[1] or 0) < 0 else 1 if t[2] and not t[2]["peer_lost"] else 2 if t[2] else 3)  # noqa: E731
-    i, code, info = min(infos, key=rank_of) if infos else (0, procs[0].exitcode, None)
-    who = f"pipeline worker {i} ({job.blocks_text(i)})"
-    if code is not None and code < 0:
-        what = f"{who} was killed by {signal.Signals(-code).name}"
-    elif info:
-        what = info["message"]
-    else:
-        what = f"{who} exited with code {code}"
-    last = last_complete(job.run_dir)
-    return f"{what}; the other workers were stopped; last complete checkpoint: {last or 'none (no epoch finished)'}"
 
 
 # ---------------------------------------------------------------- under torchrun

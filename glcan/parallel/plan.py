@@ -55,6 +55,11 @@ class Job:
         return f"block {g[0]}" if len(g) == 1 else f"blocks {g[0]}-{g[-1]}"
 
 
+def worker_dir(run_dir: str | Path) -> Path:
+    """Where workers leave their pid (and, on failure, a one-line error) files."""
+    return Path(run_dir) / "workers"
+
+
 def device_type(accelerator: Any) -> str:
     acc = str(accelerator or "auto").lower()
     if acc == "cpu":

@@ -1,32 +1,25 @@
 """The end of a pipeline run (done by the last worker): test pass, summary.json, metrics.csv.
 
-Throughput is measured where the pipeline delivers: the times at which the last worker
-finishes batches. ``throughput_img_s`` is the steady state (after the pipeline has filled and
-the memory-measured steps), ``throughput_img_s_overall`` all images over the whole loop.
+``throughput_img_s`` is the steady state: every worker times the same window of batches (after
+the pipeline has filled and the memory-measured steps), and the pipeline moves at the pace of
+the slowest (see glcan.parallel.worker.window_rate). ``throughput_img_s_overall`` is all
+images over the whole training loop, start-up and fill included.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from glcan.parallel.checkpoint import SHARDS, evaluate
+from glcan.parallel.plan import batches_per_epoch
 from glcan.summary import write_json_atomic
-
-
-def steady_throughput(done: list[tuple[float, int]], warmup: int) -> Optional[float]:
-    """Images per second between the ``warmup``-th completed batch and the last one."""
-    if len(done) < 2:
-        return None
-    w = warmup if len(done) - warmup >= 3 else 0  # short runs: from the first completed batch
-    t0 = done[w][0]
-    images = sum(n for _, n in done[w + 1:])
-    return images / (done[-1][0] - t0) if done[-1][0] > t0 else None
 
 
 def finish(worker: Any, path: Path, shards: list[dict], epochs: int) -> Path:
@@ -39,10 +32,11 @@ def finish(worker: Any, path: Path, shards: list[dict], epochs: int) -> Path:
     model.to(device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))  # the other workers are done
-    metrics = evaluate(model, job.datamodule.test_dataloader(), device)
-    done = stats[-1]["done"]
-    warmup = max(MEASURED_WARMUP, job.workers + 2)
-    thr = steady_throughput(done, warmup)
+    loader = job.datamodule.test_dataloader()
+    batches = batches_per_epoch(len(loader), job.extra.get("limit_test"))
+    metrics = evaluate(model, itertools.islice(loader, batches), device)
+    rates = [s.get("steady_img_s") for s in stats]
+    thr = min(rates) if all(r is not None for r in rates) else None
     start, end = min(s["start_time"] for s in stats), max(s["end_time"] for s in stats)
     images = stats[-1]["images"]
     h, k = model.hparams, model.net.num_blocks
@@ -68,6 +62,7 @@ def finish(worker: Any, path: Path, shards: list[dict], epochs: int) -> Path:
         "worker_compute_s": [s["compute_s"] for s in stats],
         "worker_recv_wait_s": [s["recv_wait_s"] for s in stats],
         "worker_send_wait_s": [s["send_wait_s"] for s in stats],
+        "worker_steady_img_s": rates,
         "checkpoint": str(path),
     }
     out = write_json_atomic(Path(job.run_dir) / "summary.json", summary)
@@ -77,9 +72,6 @@ def finish(worker: Any, path: Path, shards: list[dict], epochs: int) -> Path:
     rate = f"{thr:.1f} images/s" if thr else "images/s n/a"
     print(f"test/acc {acc:.4f} | {job.workers} pipeline workers, {rate} | summary: {out}", flush=True)
     return out
-
-
-MEASURED_WARMUP = 3  # steps 1 and 2 run under the memory tracker on CPU
 
 
 def _write_metrics(path: Path, stats: list[dict], metrics: dict, epochs: int, step: int) -> None:

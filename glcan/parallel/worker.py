@@ -10,34 +10,22 @@ are those of the sequential local run.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import random
-import sys
 import time
-import traceback
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from glcan.core.network import SplitNetwork
 from glcan.core.step import local_step
 from glcan.lit.schedules import build_scheduler
-from glcan.memory.meter import CPU_METHOD, CUDA_METHOD
-from glcan.memory.tracker import MemoryTracker, watch_network
 from glcan.parallel import checkpoint as ckpt
-from glcan.parallel.comm import BATCH, EPOCH_END, FINAL, Link, PeerLost
-from glcan.parallel.plan import Job
-
-MEASURED_STEPS = (1, 2)  # steps whose memory the CPU tracker measures (slower: kept out of throughput)
-
-
-def worker_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "workers"
+from glcan.parallel.comm import BATCH, EPOCH_END, FINAL, Link, PeerLost, short_error
+from glcan.parallel.meter import MEASURED_STEPS, WorkerMeter
+from glcan.parallel.plan import Job, worker_dir
 
 
 class Worker:
@@ -49,11 +37,10 @@ class Worker:
         self.step = 0
         self.captured: Optional[torch.Tensor] = None
         self.stats: dict[str, Any] = {"rank": rank, "blocks": self.mine, "steps": 0, "images": 0, "compute_s": 0.0,
-                                      "epoch_steps": [], "epoch_loss": {k: [] for k in self.mine}, "done": []}
+                                      "epoch_steps": [], "epoch_loss": {k: [] for k in self.mine}}
         self._loss = {k: 0.0 for k in self.mine}
         self._seen = 0
-        self.peak: Optional[int] = None
-        self.block_peaks: dict[int, int] = {}
+        self.done: list[tuple[float, int]] = []  # (time this worker finished batch i, its images)
 
     def describe(self, r: int) -> str:
         return f"worker {r} ({self.job.blocks_text(r)})"
@@ -88,8 +75,7 @@ class Worker:
             _set_rng_state(job.extra.get("rng_state"))
             self.loader = job.datamodule.train_dataloader()
             self.per_epoch = min(len(self.loader), job.extra["per_epoch"])
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.meter = WorkerMeter(self.net, self.mine, self.optimizers, self.device)
         worker_dir(job.run_dir).mkdir(parents=True, exist_ok=True)
         (worker_dir(job.run_dir) / f"worker{self.rank}.pid").write_text(str(os.getpid()))
 
@@ -106,11 +92,11 @@ class Worker:
         opt.zero_grad(set_to_none=True)
 
     def train_batch(self, inp: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-        measure = self.device.type == "cpu" and self.step in MEASURED_STEPS
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.job.precision.startswith("bf16") else nullcontext()
+        bf16 = self.job.precision.startswith("bf16")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        held = [inp, y, *(self.link_out.pending() if self.link_out else [])]
         t0 = time.perf_counter()
-        tracker = MemoryTracker() if measure else None
-        with tracker or nullcontext(), self._watch(tracker, [inp, y]), autocast:
+        with self.meter.measure(self.step, held), autocast:
             results = local_step(self.net, inp, y, step=self.block_step, blocks=self.mine)
         if self.model.hparams.scheduler_interval == "step":
             for s in self.schedulers.values():
@@ -119,11 +105,9 @@ class Worker:
             torch.cuda.synchronize(self.device)
         done = time.perf_counter()
         self.stats["compute_s"] += done - t0
-        if tracker is not None:
-            self._record_peak(tracker)
         n = int(y.shape[0])
         for k, (loss, _) in zip(self.mine, results):
-            self._loss[k] += float(loss) * n
+            self._loss[k] += loss.float() * n  # a tensor: no device sync per block
         self._seen += n
         if self.link_out is not None:
             self.link_out.send(BATCH, epoch, self.step, y, self.captured)
@@ -131,27 +115,14 @@ class Worker:
         self.step += 1
         self.stats["steps"] += 1
         self.stats["images"] += n
-        self.stats["done"].append((done, n))
-
-    def _watch(self, tracker: Optional[MemoryTracker], inputs: list) -> Any:
-        if tracker is None:
-            return nullcontext()
-        sub = SplitNetwork([self.net.blocks[k] for k in self.mine], [self.net.heads[k] for k in self.mine])
-        watch = watch_network(tracker, sub, [self.optimizers[k] for k in self.mine])
-        tracker.register([*inputs, *(self.link_out.pending() if self.link_out else [])], "input")
-        tracker.reset_peak()
-        return watch
-
-    def _record_peak(self, tracker: MemoryTracker) -> None:
-        self.peak = max(self.peak or 0, int(tracker.peak))
-        for phase, v in tracker.phase_peaks.items():
-            if phase is not None:
-                k = self.mine[phase]
-                self.block_peaks[k] = max(self.block_peaks.get(k, 0), int(v))
+        self.done.append((done, n))
 
     def run_epoch(self, epoch: int) -> int:
         job = self.job
         if self.rank == 0:
+            for sampler in (getattr(self.loader, "sampler", None), getattr(self.loader.batch_sampler, "sampler", None)):
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(epoch)  # as Lightning does at every epoch start
             it = iter(self.loader)
             for _ in range(self.per_epoch):
                 if job.max_steps != -1 and self.step >= job.max_steps:
@@ -185,6 +156,11 @@ class Worker:
                 path, shards = ckpt.assemble(self.job.run_dir, epoch, self.world, self.model, self.job.datamodule)
         if self.link_out is not None:
             self.link_out.drain()
+        if self.world > 1:  # a send completes before the receiver has read it: nobody leaves early
+            try:
+                dist.barrier()
+            except RuntimeError as e:
+                raise PeerLost(f"a worker stopped before the end of the run: {short_error(e)}") from None
         if self.is_last:
             from glcan.parallel.report import finish
 
@@ -192,7 +168,7 @@ class Worker:
 
     def _close_epoch(self) -> None:
         for k in self.mine:
-            self.stats["epoch_loss"][k].append(self._loss[k] / max(self._seen, 1))
+            self.stats["epoch_loss"][k].append(float(self._loss[k]) / max(self._seen, 1))
             self._loss[k] = 0.0
         self._seen = 0
         self.stats["epoch_steps"].append(self.step)
@@ -201,13 +177,8 @@ class Worker:
         s = dict(self.stats, end_time=time.time())
         s["recv_wait_s"] = self.link_in.wait_s if self.link_in else 0.0
         s["send_wait_s"] = self.link_out.wait_s if self.link_out else 0.0
-        if self.device.type == "cuda":
-            s["peak_memory_bytes"], s["memory_method"] = int(torch.cuda.max_memory_allocated(self.device)), CUDA_METHOD
-        else:
-            s["peak_memory_bytes"], s["memory_method"] = self.peak, CPU_METHOD if self.peak is not None else None
-        s["memory_block_peaks"] = self.block_peaks
-        if not self.is_last:
-            s["done"] = []  # only the last worker's completion times measure the pipeline
+        s.update(self.meter.result())
+        s["steady_img_s"] = window_rate(self.done, warmup=max(MEASURED_STEPS[-1] + 1, self.world + 2))
         return s
 
 
@@ -219,28 +190,15 @@ def _set_rng_state(state: Optional[dict]) -> None:
         random.setstate(state["python"])
 
 
-def worker_main(rank: int, job: Job) -> None:
-    """Process entry (torch.multiprocessing or torchrun): run, or stop with one line naming us."""
-    worker = Worker(rank, job)
-    try:
-        worker.run()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - turned into one line for the launcher and the user
-        cause = (str(e).strip().splitlines() or [""])[0]
-        message = f"pipeline worker {rank} ({job.blocks_text(rank)}) {'stopped' if isinstance(e, PeerLost) else 'failed'}: " \
-                  f"{cause if isinstance(e, PeerLost) else f'{type(e).__name__}: {cause}'}"
-        try:
-            path = worker_dir(job.run_dir) / f"worker{rank}.error"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"message": message, "peer_lost": isinstance(e, PeerLost)}))
-        except OSError:
-            pass
-        if not job.spawned:
-            print(f"error: {message}", file=sys.stderr, flush=True)
-        if os.environ.get("GLCAN_DEBUG"):
-            traceback.print_exc()
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def window_rate(done: list[tuple[float, int]], warmup: int) -> Optional[float]:
+    """Images per second this worker got through between batch ``warmup`` and its last batch.
+
+    Every worker measures the same batches. A worker that is not the bottleneck can look
+    faster over a short window (it fills or drains the queue to its neighbour); none looks
+    slower than the pipeline, so the run's steady throughput is the minimum over workers.
+    """
+    if len(done) < 2:
+        return None
+    w = warmup if len(done) - warmup >= 3 else 0  # short runs: from the first batch
+    span = done[-1][0] - done[w][0]
+    return sum(n for _, n in done[w + 1:]) / span if span > 0 else None

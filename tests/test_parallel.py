@@ -1,0 +1,399 @@
+"""Parallel training: the forward-only pipeline and DDP (glcan/parallel, docs/parallel.md).
+
+The pipeline tests start real worker processes (gloo on CPU): one run is shared by several
+tests. The key one: pipelining changes nothing in the mathematics, so the pipeline's weights,
+BatchNorm statistics and optimizer states equal those of the one-process Lightning run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import LOCAL_CONFIG, ROOT, SHRINK, fit
+from glcan.core.step import local_step
+from glcan.data import GLCanDataModule
+from glcan.lit import GLCanModule
+from glcan.parallel import PipelineError, requested_mode
+from glcan.parallel.plan import batches_per_epoch, block_times_ms, group_blocks, stepping
+
+# 4 blocks, 2 epochs x 3 batches of 16, OneCycle stepped per batch (the config's schedule).
+RUN = ["--config", LOCAL_CONFIG, *SHRINK, "--model.split", "uniform", "--trainer.max_epochs", "2",
+       "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "0", "--trainer.limit_test_batches", "1"]
+PIPE = ["--parallel.mode", "pipeline", "--parallel.workers", "2"]
+
+
+def _env() -> dict:
+    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+
+
+def _train_py(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "fit", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _wait_for(path: Path, procs: list, timeout: float = 240.0) -> None:
+    t0 = time.time()
+    while not path.exists():
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"exited early ({p.returncode}): {p.stderr.read()[-2000:]}")
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory) -> Path:
+    """One 2-worker pipeline run, launched in-process as train.py does (workers spawned)."""
+    from glcan.parallel.launch import main
+
+    run_dir = tmp_path_factory.mktemp("pipe") / "run"
+    assert main([*RUN, *PIPE, "--run_dir", str(run_dir)]) == 0
+    return run_dir
+
+
+# ---------------------------------------------------------------- the pipeline: correctness
+def test_pipeline_equals_the_sequential_local_run(pipeline_run, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: same kernels, same rounding
+    try:
+        fit(LOCAL_CONFIG, tmp_path / "seq", *RUN[2:], "--trainer.deterministic", "true")
+    finally:
+        torch.set_num_threads(threads)
+    pipe, seq = _ckpt(pipeline_run / "checkpoints/last.ckpt"), _ckpt(tmp_path / "seq/checkpoints/last.ckpt")
+    assert (pipe["epoch"], pipe["global_step"]) == (seq["epoch"], seq["global_step"]) == (1, 6)
+    assert pipe["state_dict"].keys() == seq["state_dict"].keys()
+    assert any("running_var" in k for k in pipe["state_dict"])  # BatchNorm statistics are compared too
+    for key, value in seq["state_dict"].items():
+        torch.testing.assert_close(pipe["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    for k, (a, b) in enumerate(zip(pipe["optimizer_states"], seq["optimizer_states"])):
+        for p, state in b["state"].items():  # momentum buffers
+            torch.testing.assert_close(a["state"][p]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=1e-6)
+        assert a["param_groups"][0]["lr"] == pytest.approx(b["param_groups"][0]["lr"]), f"block {k} learning rate"
+    assert [s["last_epoch"] for s in pipe["lr_schedulers"]] == [s["last_epoch"] for s in seq["lr_schedulers"]] == [6] * 4
+    assert pipe["lr_schedulers"][0]["total_steps"] == seq["lr_schedulers"][0]["total_steps"] == 6
+
+
+def test_pipeline_checkpoint_is_an_ordinary_lightning_checkpoint(pipeline_run, tmp_path):
+    from glcan.cli import GLCanCLI
+
+    ckpt_path = pipeline_run / "checkpoints/last.ckpt"
+    assert sorted(p.name for p in (pipeline_run / "checkpoints").iterdir()) == ["epoch001.ckpt", "last.ckpt"]
+    ckpt = _ckpt(ckpt_path)
+    assert ckpt["glcan"]["num_blocks"] == 4 and ckpt["glcan"]["method"] == "local"
+    model = GLCanModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # train.py test on one device reads it, and gets the pipeline's own test accuracy
+    GLCanCLI(args=["test", *RUN, "--run_dir", str(tmp_path / "test"), "--ckpt_path", str(ckpt_path)])
+    tested = json.loads((tmp_path / "test/summary.json").read_text())
+    summary = json.loads((pipeline_run / "summary.json").read_text())
+    assert tested["test_acc"] == pytest.approx(summary["test_acc"])
+    assert tested["block_acc"] == pytest.approx(summary["block_acc"])
+
+
+def test_pipeline_summary(pipeline_run):
+    s = json.loads((pipeline_run / "summary.json").read_text())
+    assert s["parallel"] == "pipeline" and s["workers"] == 2 and s["depth"] == 2
+    groups = s["worker_blocks"]
+    assert len(groups) == 2 and sum(groups, []) == [0, 1, 2, 3] and all(groups)
+    assert s["method"] == "local" and s["num_blocks"] == 4 and s["global_step"] == 6 and s["epochs"] == 2
+    assert s["throughput_img_s"] == min(s["worker_steady_img_s"]) > 0 and s["throughput_img_s_overall"] > 0
+    assert len(s["worker_peak_memory_bytes"]) == 2 and all(p > 0 for p in s["worker_peak_memory_bytes"])
+    assert s["peak_memory_bytes"] == max(s["worker_peak_memory_bytes"]) and "tracker" in s["memory_method"]
+    assert 0 <= s["test_acc"] <= 1 and s["block_acc"][-1] == s["test_acc"] and len(s["block_acc"]) == 4
+    assert len(s["group_cost_ms"]) == 2  # balanced on measured time (the default)
+    assert not (pipeline_run / "checkpoints/shards").exists()  # merged into the checkpoint
+    assert (pipeline_run / "metrics.csv").read_text().startswith("epoch,step,train/block0/loss_epoch")
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_same_weights(pipeline_run, tmp_path):
+    """The same code under torchrun (RANK/WORLD_SIZE from the environment), explicit grouping."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run_dir = tmp_path / "run"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_port()), str(ROOT / "train.py"), "fit",
+           *RUN, *PIPE, "--parallel.balance", "[1]", "--run_dir", str(run_dir)]
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _ckpt(run_dir / "checkpoints/last.ckpt"), _ckpt(pipeline_run / "checkpoints/last.ckpt")
+    assert a["glcan_pipeline"]["groups"] == [[0], [1, 2, 3]]
+    for key, value in b["state_dict"].items():
+        torch.testing.assert_close(a["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+# ---------------------------------------------------------------- the pipeline: failures
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_run_and_the_last_checkpoint_stays(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _train_py(*RUN, *PIPE, "--parallel.balance", "[2]", "--trainer.max_epochs", "1000", "--run_dir",
+                     str(run_dir), env=_env())
+    try:
+        _wait_for(run_dir / "checkpoints/last.ckpt", [proc])
+        pids = [int((run_dir / f"workers/worker{r}.pid").read_text()) for r in range(2)]
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=60)
+        stopped_in = time.time() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and stopped_in < 30
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: pipeline worker 1 (blocks 2-3) was killed by SIGKILL"), err[-2000:]
+    assert str(run_dir / "checkpoints/last.ckpt") in line
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    ckpt = _ckpt(run_dir / "checkpoints/last.ckpt")  # complete, loadable, at an epoch boundary
+    assert ckpt["global_step"] % 3 == 0 and ckpt["global_step"] == 3 * (ckpt["epoch"] + 1)
+    model = GLCanModule(backbone="resnet20", num_blocks=4, split="uniform")
+    model.load_state_dict(ckpt["state_dict"])
+
+
+@pytest.mark.slow
+def test_a_hung_worker_is_noticed_by_its_neighbour_within_the_timeout(tmp_path):
+    """Launched torchrun-style (no supervising parent): worker 0 freezes, worker 1 stops by itself."""
+    run_dir, port = tmp_path / "run", str(_port())
+    procs = [
+        _train_py(*RUN, *PIPE, "--parallel.balance", "[2]", "--parallel.timeout", "5", "--trainer.max_epochs", "1000",
+                  "--run_dir", str(run_dir),
+                  env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": port})
+        for r in range(2)
+    ]
+    try:
+        _wait_for(run_dir / "checkpoints/last.ckpt", procs)
+        os.kill(procs[0].pid, signal.SIGSTOP)
+        t0 = time.time()
+        _, err = procs[1].communicate(timeout=60)
+        stopped_in = time.time() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[1].returncode == 1 and stopped_in < 25
+    assert "error: pipeline worker 1 (blocks 2-3) stopped: worker 0 (blocks 0-1) stopped responding" in err, err[-2000:]
+    assert "Timed out" in err
+
+
+# ---------------------------------------------------------------- the pipeline: settings
+def test_bad_pipeline_settings_are_refused_in_one_line(tmp_path, capsys):
+    from glcan.entry import main
+
+    cases = [
+        (["--model.aux", "infopro"], "model.aux=infopro"),
+        (["--parallel.workers", "5"], "parallel.workers=5 must be between 1 and model.num_blocks=4"),
+        (["--model.method", "e2e"], "trains model.method=local"),
+        (["--parallel.balance", "[3, 1]"], "parallel.balance [3, 1]"),
+    ]
+    for extra, message in cases:
+        assert main(["fit", *RUN, *PIPE, "--run_dir", str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1], err
+    assert not (tmp_path / "x" / "checkpoints").exists()  # refused before any worker started
+
+
+def test_requested_mode_reads_flags_and_config_files(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("parallel:\n  mode: pipeline\n  workers: 2\n")
+    assert requested_mode(["--config", LOCAL_CONFIG]) == "none"
+    assert requested_mode(["--config", str(cfg)]) == "pipeline"
+    assert requested_mode(["--config", str(cfg), "--parallel.mode", "ddp"]) == "ddp"
+    assert requested_mode(["--parallel.mode=pipeline", f"--config={LOCAL_CONFIG}"]) == "pipeline"
+
+
+def test_grouping():
+    assert group_blocks(4, 2, "blocks") == [[0, 1], [2, 3]]
+    assert group_blocks(5, 2, "blocks") == [[0, 1, 2], [3, 4]]
+    assert group_blocks(4, 2, [3]) == [[0, 1, 2], [3]]
+    assert group_blocks(4, 4, "time", [1, 1, 1, 1]) == [[0], [1], [2], [3]]
+    # the slowest group is minimised: block 0 is as slow as the three others together
+    assert group_blocks(4, 2, "time", [30, 10, 10, 10]) == [[0], [1, 2, 3]]
+    assert group_blocks(4, 2, "time", [5, 5, 5, 20]) == [[0, 1, 2], [3]]
+    with pytest.raises(PipelineError, match="between 1 and"):
+        group_blocks(2, 3, "blocks")
+
+
+def test_block_times_are_measured_without_touching_the_model():
+    model = GLCanModule(backbone="resnet20", num_blocks=4, split="uniform", batch_size=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    times = block_times_ms(model, 8, (3, 32, 32), 10, torch.device("cpu"), threads=1, steps=1)
+    assert len(times) == 4 and all(t > 0 for t in times)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_steady_throughput_window():
+    from glcan.parallel.worker import window_rate
+
+    done = [(0.0, 16), (5.0, 16)] + [(5.0 + 0.1 * i, 16) for i in range(1, 11)]  # a slow start, then 10 per second
+    assert window_rate(done, warmup=2) == pytest.approx(160.0)
+    assert window_rate(done[:3], warmup=2) == pytest.approx(32 / 5.1)  # too short for a window: from the start
+    assert window_rate(done[:1], warmup=2) is None
+
+
+def test_steps_follow_lightnings_estimate():
+    assert batches_per_epoch(10, None) == 10 and batches_per_epoch(10, 3) == 3 and batches_per_epoch(10, 0.5) == 5
+    assert stepping(3, -1, 10) == (3, 30)
+    assert stepping(3, 25, 10) == (3, 25)
+    assert stepping(None, 7, 10) == (-1, 7)
+    with pytest.raises(PipelineError, match="less than one batch"):
+        batches_per_epoch(10, 0.01)
+
+
+# ---------------------------------------------------------------- DDP
+class RecordReplica(L.Callback):
+    """Saves each rank's batches and final state (DDP runs in other processes)."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.batches = out, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append([t.detach().cpu().clone() for t in batch])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save({"batches": self.batches, "state": {k: v.cpu() for k, v in pl_module.state_dict().items()}},
+                   Path(self.out) / f"rank{trainer.global_rank}.pt")
+
+
+def _ddp_model() -> GLCanModule:
+    opt = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return GLCanModule(backbone="resnet20", num_blocks=2, split="uniform", aux="linear", optimizer=opt, batch_size=8)
+
+
+def test_ddp_replicas_agree_and_equal_one_process_on_the_union_of_their_batches(tmp_path):
+    """Under DDP each replica normalises with its own half-batch BatchNorm statistics and the
+    gradients are averaged; so the valid one-process reference forwards each half separately
+    (per-half BatchNorm) and steps on the mean of the two losses. Running statistics: DDP
+    broadcasts rank 0's buffers before every step, so rank 0's are those updated by its halves."""
+    torch.manual_seed(0)
+    model = _ddp_model()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    dm = GLCanDataModule(name="fake", fake_size=64, batch_size=8, seed=0)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true", max_epochs=1,
+                        limit_train_batches=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        callbacks=[RecordReplica(str(tmp_path))])
+    trainer.fit(model, datamodule=dm)
+    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=False), torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert len(r0["batches"]) == len(r1["batches"]) == 3
+    assert not torch.equal(r0["batches"][0][0], r1["batches"][0][0])  # the replicas saw different data
+    params = [k for k, _ in model.named_parameters()]
+    for k in params:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k  # identical replicas
+
+    ref = _ddp_model()
+    ref.load_state_dict(init)
+    ref.train()
+    opts = ref.build_optimizers()
+    for (x0, y0), (x1, y1) in zip(r0["batches"], r1["batches"]):
+        h0, h1 = x0, x1
+        for k in range(ref.net.num_blocks):
+            block, head = ref.net.blocks[k], ref.net.heads[k]
+            bns = [m for m in block.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+            for m in bns:  # rank 1 updates copies: DDP overwrites its statistics with rank 0's
+                m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+                m.num_batches_tracked = m.num_batches_tracked.clone()
+            out1 = block(h1.detach())
+            loss1, _ = head.loss(out1, y1, x1)
+            for m, (mean, var, count) in zip(bns, kept):
+                m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+            out0 = block(h0.detach())
+            loss0, _ = head.loss(out0, y0, x0)
+            ((loss0 + loss1) / 2).backward()
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+            h0, h1 = out0, out1
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # and the K all-reduces per batch are not a sum of K full-model updates: local_step alone on
+    # rank 0's batches gives different weights
+    alone = _ddp_model()
+    alone.load_state_dict(init)
+    o = alone.build_optimizers()
+    for x, y in r0["batches"]:
+        local_step(alone.net, x, y, step=lambda k: (o[k].step(), o[k].zero_grad()))
+    assert not torch.allclose(alone.state_dict()[params[0]], r0["state"][params[0]])
+
+
+def _count_allreduced(rank: int, port: int, out: str) -> None:
+    """Lightning's manual-optimization DDP flow (prepare_for_backward before each block's
+    backward, inside the DDP forward) with a comm hook that counts what is all-reduced."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from lightning.pytorch.overrides.distributed import prepare_for_backward
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = _ddp_model()
+    opts, reduced = model.build_optimizers(), []
+
+    def hook(state, bucket):
+        reduced.append(bucket.buffer().numel())
+        return dist.all_reduce(bucket.buffer().div_(2), async_op=True).get_future().then(lambda f: f.value()[0])
+
+    def step(k: int) -> None:
+        opts[k].step()
+        opts[k].zero_grad(set_to_none=True)
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, y):
+            local_step(model.net, x, y, step, backward=lambda loss: (prepare_for_backward(ddp, loss), loss.backward()))
+
+    ddp = DistributedDataParallel(Step(), find_unused_parameters=True)
+    ddp.register_comm_hook(None, hook)
+    for _ in range(2):
+        ddp(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    if rank == 0:
+        Path(out).write_text(json.dumps(reduced))
+    dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_the_whole_model_after_every_block_backward(tmp_path):
+    """The documented cost of ddp_find_unused_parameters_true: K all-reduces of every bucket per batch."""
+    out = tmp_path / "reduced.json"
+    torch.multiprocessing.spawn(_count_allreduced, args=(_port(), str(out)), nprocs=2)
+    model = _ddp_model()
+    params, k = sum(p.numel() for p in model.parameters()), model.net.num_blocks
+    assert sum(json.loads(out.read_text())) == 2 * k * params  # 2 batches
+
+
+@pytest.mark.slow
+def test_ddp_mode_through_train_py(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _train_py(*RUN, "--trainer.max_epochs", "1", "--parallel.mode", "ddp", "--parallel.workers", "2",
+                     "--run_dir", str(run_dir), env=_env())
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out + err
+    s = json.loads((run_dir / "summary.json").read_text())
+    # 64 images in batches of 16 split over 2 replicas: 2 batches each (limit_train_batches=3 not reached)
+    assert s["method"] == "local" and s["global_step"] == 2 and 0 <= s["test_acc"] <= 1
+    assert (run_dir / "checkpoints/last.ckpt").exists()
