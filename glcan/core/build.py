@@ -6,6 +6,7 @@ units, so heads work on any network without the user stating shapes.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from glcan.core.network import CheckpointedSequential, SplitNetwork
 from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundaries, check_num_blocks, uniform_boundaries
 from glcan.heads import ModuleHead, build_head
-from glcan.models.backbone import Backbone
+from glcan.models import Backbone, build_backbone
 
 METHODS = ("e2e", "e2e_checkpoint", "local")
 
@@ -81,15 +82,60 @@ def resolve_boundaries(
     return boundaries
 
 
+def as_backbone(spec: Any, num_classes: int, image_shape: Sequence[int], small_input: Optional[bool] = None) -> Backbone:
+    """A Backbone from a registry name, a Backbone, an ``nn.Sequential`` or a list of units.
+
+    For a user's units the E2E classifier is global average pooling + a linear layer on the
+    last unit's output (the ``linear`` head), whose shape is found by probing.
+    """
+    if isinstance(spec, str) and "." in spec:  # a dotted name: your function that returns the units
+        module_name, _, attr = spec.rpartition(".")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"model.backbone {spec!r} cannot be imported: {e}") from None
+        return as_backbone(factory() if callable(factory) else factory, num_classes, image_shape, small_input)
+    if isinstance(spec, str):
+        return build_backbone(spec, num_classes, in_channels=image_shape[0], small_input=small_input)
+    if isinstance(spec, Backbone):
+        return spec
+    if isinstance(spec, nn.Sequential) or (isinstance(spec, (list, tuple)) and all(isinstance(m, nn.Module) for m in spec)):
+        units = list(spec)
+        if not units:
+            raise ValueError("model.backbone: the network has no units")
+        last = probe_shapes(units, image_shape)[-1]
+        classifier = build_head("linear", tuple(last), num_classes, image_shape=tuple(image_shape))
+        return Backbone(units, classifier, name=type(spec).__name__ if isinstance(spec, nn.Sequential) else "custom")
+    raise ValueError(
+        f"model.backbone must be a registry name, a glcan Backbone, an nn.Sequential or a list of modules; got {type(spec).__name__}"
+    )
+
+
 def build_network(
     backbone: Backbone,
     method: str,
-    boundaries: Sequence[int],
-    heads: Sequence[nn.Module],
+    *,
+    num_blocks: int,
+    split: SplitSpec,
+    aux: str,
+    aux_kwargs: Optional[dict[str, Any]],
+    num_classes: int,
+    image_shape: Sequence[int],
+    batch_size: int,
 ) -> SplitNetwork:
-    """Assemble the trained network: E2E keeps one block and the backbone's own classifier."""
+    """The network a method trains: E2E keeps one block and the backbone's own classifier;
+    local learning cuts the units into ``num_blocks`` blocks and puts an ``aux`` head on each."""
     if method not in METHODS:
         raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
+    boundaries: list[int] = []
+    heads: list[nn.Module] = []
+    if method == "local":
+        from glcan.memory.split import memory_split_fn  # late: glcan.memory builds on glcan.core
+
+        shapes = probe_shapes(backbone.units, image_shape)
+        by_memory = memory_split_fn(backbone.units, shapes, aux, aux_kwargs, num_classes, image_shape, batch_size)
+        boundaries = resolve_boundaries(split, len(shapes), num_blocks, by_memory)
+        heads = make_heads(aux, shapes, boundaries, num_classes, image_shape, aux_kwargs)
     units = list(backbone.units)
     if method == "e2e":
         return SplitNetwork([nn.Sequential(*units)], [ModuleHead(backbone.classifier)])

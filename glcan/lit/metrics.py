@@ -1,7 +1,17 @@
-"""Per-block metric objects (torchmetrics), one set per stage so states never mix."""
+"""Per-block metrics (torchmetrics), one set per stage so states never mix, and what is logged.
+
+Keys: ``train/loss``, ``train/acc``, ``val/acc``, ``test/acc`` (the last head: the network's
+prediction) and, in local mode, ``{stage}/block{k}/acc`` and ``train/block{k}/loss`` for every
+block, the layer-wise curve of local learning.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -28,3 +38,31 @@ class BlockMetrics(nn.Module):
     def top5(self, stage: str) -> MulticlassAccuracy | None:
         key = f"{stage}_top5"
         return self._top5[key] if key in self._top5 else None
+
+    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
+        """Log every block's (loss, logits) of one training batch; the last block is the network's."""
+        local, last = len(results) > 1 or module.hparams.method == "local", len(results) - 1
+        for k, (loss, logits) in enumerate(results):
+            acc = self.acc("train")[k]
+            acc(logits, y)
+            if local:
+                module.log(f"train/block{k}/loss", loss, on_step=True, on_epoch=True)
+                module.log(f"train/block{k}/acc", acc, on_step=False, on_epoch=True)
+            if k == last:
+                module.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+                module.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def log_eval(self, module: L.LightningModule, stage: str, all_logits: list[torch.Tensor], y: torch.Tensor) -> None:
+        """Log every head's accuracy on one validation/test batch."""
+        local, last = len(all_logits) > 1 or module.hparams.method == "local", len(all_logits) - 1
+        for k, logits in enumerate(all_logits):
+            acc = self.acc(stage)[k]
+            acc(logits, y)
+            if local:
+                module.log(f"{stage}/block{k}/acc", acc)
+        module.log(f"{stage}/loss", F.cross_entropy(all_logits[-1], y), prog_bar=stage == "val")
+        module.log(f"{stage}/acc", self.acc(stage)[last], prog_bar=stage == "val")
+        top5 = self.top5(stage)
+        if top5 is not None:
+            top5(all_logits[-1], y)
+            module.log(f"{stage}/acc_top5", top5)

@@ -14,17 +14,16 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from glcan.core.build import build_network, make_heads, probe_shapes, resolve_boundaries
+from glcan.core.build import as_backbone, build_network
 from glcan.core.step import e2e_loss, local_step
+from glcan.lit.auto import choose_for_budget
 from glcan.lit.checks import check_checkpoint_matches, describe, refuse_unsupported_precision
 from glcan.lit.metrics import BlockMetrics
-from glcan.lit.schedules import build_scheduler
-from glcan.models import Backbone, build_backbone
+from glcan.lit.optim import block_optimizers, optimizer_configs
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -36,7 +35,8 @@ class GLCanModule(L.LightningModule):
 
     Args:
         backbone: a registry name (``resnet20``, ``resnet110``, ``resnet50``, ``vgg16_bn``, ...) or
-            a ``glcan.models.Backbone`` (your own units and classifier).
+            your own network: a ``glcan.models.Backbone``, an ``nn.Sequential`` or list of units,
+            or (from a config) ``class_path`` to a function that returns one, or its dotted name.
         method: ``e2e``, ``e2e_checkpoint`` or ``local``.
         num_blocks: K, the number of blocks in local mode (ignored by E2E).
         split: ``uniform`` (equal unit counts), ``memory`` (balance predicted training memory)
@@ -55,13 +55,16 @@ class GLCanModule(L.LightningModule):
         image_shape: (C, H, W) of the input, set from the data module.
         batch_size: set from the data module; the memory split is computed at this batch size.
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
+        memory_budget: with ``num_blocks: auto``, the GPU memory to fit (``4GiB``, ``12GB`` or
+            bytes): the smallest K whose predicted peak fits is chosen (see glcan.memory.budget).
+        precision: set from the trainer; the memory predictions are made at this precision.
     """
 
     def __init__(
         self,
-        backbone: Union[str, Backbone] = "resnet20",
+        backbone: Union[str, nn.Module] = "resnet20",
         method: Literal["e2e", "e2e_checkpoint", "local"] = "local",
-        num_blocks: int = 4,
+        num_blocks: Union[int, Literal["auto"]] = 4,
         split: Union[Literal["uniform", "memory"], list[int]] = "memory",
         aux: str = "glcan",
         aux_kwargs: Optional[dict[str, Any]] = None,
@@ -74,35 +77,28 @@ class GLCanModule(L.LightningModule):
         image_shape: Sequence[int] = (3, 32, 32),
         batch_size: int = 128,
         small_input: Optional[bool] = None,
+        memory_budget: Optional[Union[int, str]] = None,
+        precision: str = "32-true",
     ) -> None:
         super().__init__()
+        if method == "local" and num_blocks == "auto":
+            args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters}
+            num_blocks = choose_for_budget(type(self), args).num_blocks
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "backbone"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._backbone_spec = backbone  # kept to rebuild this model (memory predictor)
-        if isinstance(backbone, str):
-            backbone = build_backbone(backbone, num_classes, in_channels=image_shape[0], small_input=small_input)
-        self.arch = backbone.name
-        self.hparams["arch"] = backbone.name
-        k = num_blocks if method == "local" else 1
-        boundaries, heads = [], []
-        if method == "local":
-            shapes = probe_shapes(backbone.units, image_shape)
-            boundaries = resolve_boundaries(split, len(shapes), k, self._memory_split(backbone, shapes))
-            heads = make_heads(aux, shapes, boundaries, num_classes, image_shape, aux_kwargs)
-        self.net = build_network(backbone, method, boundaries, heads)
+        backbone = as_backbone(backbone, num_classes, image_shape, small_input)
+        self.arch = self.hparams["arch"] = backbone.name
+        self.net = build_network(backbone, method, num_blocks=num_blocks if method == "local" else 1, split=split,
+                                 aux=aux, aux_kwargs=aux_kwargs, num_classes=num_classes, image_shape=image_shape,
+                                 batch_size=batch_size)
         if block_lr_scale is not None and len(block_lr_scale) != self.net.num_blocks:
-            raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({k})")
+            raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({self.net.num_blocks})")
         # torchmetrics deep-copies its state tensors, which FakeTensors do not survive (the memory
         # predictor builds this module under FakeTensorMode), so metrics are always real.
         with unset_fake_temporarily():
             self.metrics = BlockMetrics(self.net.num_blocks, num_classes)
         self.automatic_optimization = method != "local"
-
-    def _memory_split(self, backbone: Backbone, shapes: list) -> Any:
-        from glcan.memory.split import memory_split_fn  # imported late: the predictor is heavy
-
-        h = self.hparams
-        return memory_split_fn(backbone.units, shapes, h.aux, h.aux_kwargs, h.num_classes, h.image_shape, h.batch_size)
 
     def init_kwargs(self) -> dict[str, Any]:
         """The arguments that rebuild this model (the predictor rebuilds it under FakeTensorMode)."""
@@ -123,12 +119,12 @@ class GLCanModule(L.LightningModule):
         x, y = batch
         if not self.is_local:
             loss, logits = e2e_loss(self.net, x, y)
-            self._log_train([(loss.detach(), logits.detach())], y)
+            self.metrics.log_train(self, [(loss.detach(), logits.detach())], y)
             return loss
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         results = local_step(self.net, x, y, step=lambda k: self._block_step(optimizers, k), backward=self.manual_backward)
-        self._log_train(results, y)
+        self.metrics.log_train(self, results, y)
         if self.hparams.scheduler_interval == "step":
             self._step_schedulers()
         return None
@@ -158,18 +154,6 @@ class GLCanModule(L.LightningModule):
         if self.is_local and self.hparams.scheduler_interval == "epoch":
             self._step_schedulers()
 
-    def _log_train(self, results: list, y: torch.Tensor) -> None:
-        last = len(results) - 1
-        for k, (loss, logits) in enumerate(results):
-            acc = self.metrics.acc("train")[k]
-            acc(logits, y)
-            if self.is_local:
-                self.log(f"train/block{k}/loss", loss, on_step=True, on_epoch=True)
-                self.log(f"train/block{k}/acc", acc, on_step=False, on_epoch=True)
-            if k == last:
-                self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-                self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
-
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
         # E2E path: the model's own setting, so both methods clip the same way.
         val = self.hparams.gradient_clip_val or gradient_clip_val
@@ -178,46 +162,16 @@ class GLCanModule(L.LightningModule):
 
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
         """One optimizer per block (over the block and its head), or one for E2E."""
-        scales = self.hparams.block_lr_scale or [1.0] * self.net.num_blocks
-        optimizers = []
-        for k, (block, head) in enumerate(zip(self.net.blocks, self.net.heads)):
-            opt = self.optimizer_factory(list(block.parameters()) + list(head.parameters()))
-            for group in opt.param_groups:
-                group["lr"] *= scales[k]
-            optimizers.append(opt)
-        return optimizers
+        return block_optimizers(self.net, self.optimizer_factory, self.hparams.block_lr_scale)
 
     def configure_optimizers(self) -> Any:
-        configs = []
-        for k, opt in enumerate(self.build_optimizers()):
-            config: dict[str, Any] = {"optimizer": opt}
-            if self.scheduler_factory is not None:
-                name = f"lr/block{k}" if self.is_local else "lr"
-                sched = build_scheduler(self.scheduler_factory, opt, self._total_steps())
-                config["lr_scheduler"] = {"scheduler": sched, "name": name, "interval": self.hparams.scheduler_interval}
-            configs.append(config)
-        return configs if len(configs) > 1 else configs[0]
-
-    def _total_steps(self) -> Optional[int]:
-        trainer = getattr(self, "_trainer", None)
-        return int(trainer.estimated_stepping_batches) if trainer is not None else None
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else None
+        return optimizer_configs(self.build_optimizers(), self.scheduler_factory, self.hparams.scheduler_interval, total)
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch
-        all_logits = self.net.all_logits(x) if self.is_local else [self.net(x)]
-        last = len(all_logits) - 1
-        for k, logits in enumerate(all_logits):
-            acc = self.metrics.acc(stage)[k]
-            acc(logits, y)
-            if self.is_local:
-                self.log(f"{stage}/block{k}/acc", acc)
-        self.log(f"{stage}/loss", F.cross_entropy(all_logits[-1], y), prog_bar=stage == "val")
-        self.log(f"{stage}/acc", self.metrics.acc(stage)[last], prog_bar=stage == "val")
-        top5 = self.metrics.top5(stage)
-        if top5 is not None:
-            top5(all_logits[-1], y)
-            self.log(f"{stage}/acc_top5", top5)
+        self.metrics.log_eval(self, stage, self.net.all_logits(x) if self.is_local else [self.net(x)], y)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

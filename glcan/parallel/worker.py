@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from glcan.core.step import local_step
-from glcan.lit.schedules import build_scheduler
+from glcan.lit.optim import build_scheduler
 from glcan.parallel import checkpoint as ckpt
 from glcan.parallel.comm import BATCH, EPOCH_END, FINAL, Link, PeerLost, short_error
 from glcan.parallel.meter import MEASURED_STEPS, WorkerMeter
