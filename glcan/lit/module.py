@@ -82,7 +82,7 @@ class GLCanModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if method == "local" and num_blocks == "auto":
-            args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters}
+            args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters and k != "self"}
             num_blocks = choose_for_budget(type(self), args).num_blocks
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "backbone"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

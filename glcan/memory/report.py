@@ -38,6 +38,18 @@ def largest_unit_footprint(units: Sequence[torch.nn.Module], image_shape: Sequen
     return best
 
 
+def rebuild(module: Any, **overrides: Any) -> Any:
+    """The same model with some arguments changed, built fake (call under ``fake_mode()``).
+    A user's own network (a module, not a registry name) is copied as fake tensors."""
+    kwargs = {**module.init_kwargs(), **overrides}
+    spec = kwargs["backbone"]
+    if isinstance(spec, torch.nn.Module):
+        kwargs["backbone"] = as_fake(spec)
+    elif isinstance(spec, (list, tuple)):
+        kwargs["backbone"] = [as_fake(m) for m in spec]
+    return type(module)(**kwargs)
+
+
 def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_classes: int,
                   precision: str = "32-true") -> dict[str, Any]:
     """Predict E2E, E2E with checkpointing and local training of ``module``'s config.
@@ -47,15 +59,13 @@ def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_
         batch_size, image_shape, num_classes: the data the prediction is for.
         precision: ``32-true`` or ``bf16-mixed``.
     """
-    kwargs = module.init_kwargs()
     estimates: dict[str, MemoryEstimate] = {}
     for method in ("e2e", "e2e_checkpoint", "local"):
-        def build(method: str = method) -> Any:
-            return type(module)(**{**kwargs, "method": method})
-        estimates[method] = predict(build, batch_size, image_shape, num_classes, precision=precision)
+        estimates[method] = predict(lambda m=method: rebuild(module, method=m), batch_size, image_shape, num_classes,
+                                    precision=precision)
     local = estimates["local"]
     with fake_mode():
-        units = type(module)(**{**kwargs, "method": "e2e", "num_blocks": 1}).net.blocks[0]
+        units = rebuild(module, method="e2e").net.blocks[0]
         unit_index, unit_bytes = largest_unit_footprint(list(units), image_shape, batch_size)
     resident = sum(local.parts.get(c, 0) for c in ("parameters", "optimizer_state", "input"))
     floor = resident + unit_bytes

@@ -1,0 +1,46 @@
+"""Every ready experiment config parses and instantiates (data module, model, trainer)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from conftest import CONFIGS
+from glcan.cli import GLCanCLI
+
+EXPERIMENTS = sorted(CONFIGS.glob("*.yaml"))
+# The deep networks' memory split measures every unit at build time: those are marked slow.
+PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if ("resnet110" in p.stem or "resnet50" in p.stem) else [])
+          for p in EXPERIMENTS]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny ImageFolder tree standing in for ImageNet (the folder configs point at data/imagenet)."""
+    root = tmp_path_factory.mktemp("imagenet")
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (i * 50, 100, 150)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_there_are_the_promised_experiments():
+    names = {p.stem for p in EXPERIMENTS}
+    for required in ("mnist5k_resnet20_e2e", "mnist5k_resnet20_glcan_k4", "cifar10_resnet32_e2e", "cifar10_resnet110_e2e",
+                     "imagenet_resnet50_e2e", "cifar10_resnet32_glcan_k16", "cifar10_resnet110_glcan_k4",
+                     "cifar10_resnet110_glcan_k16", "imagenet_resnet50_glcan_k4", "cifar10_resnet110_linear_k4"):
+        assert required in names
+
+
+@pytest.mark.parametrize("config", PARAMS)
+def test_config_instantiates(config, image_folder, tmp_path):
+    extra = ["--data.root", str(image_folder)] if "imagenet" in config.name else []
+    # The batch size only changes the memory split's measurements: keep it small for speed.
+    cli = GLCanCLI(args=["--config", str(config), *extra, "--data.batch_size", "8", "--logger.enabled", "false",
+                         "--run_dir", str(tmp_path)], run=False)
+    model, data = cli.model, cli.datamodule
+    assert model.net.num_blocks == (model.hparams.num_blocks if model.hparams.method == "local" else 1)
+    assert model.hparams.num_classes == data.num_classes
+    assert cli.trainer.max_epochs >= 1
