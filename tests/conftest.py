@@ -20,6 +20,13 @@ SHRINK = [
     "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--logger.enabled", "false",
 ]
+# A tiny comparison point: fake data, 4 batches, K=2 (W&B left as the test sets it).
+TINY_RUN = [
+    "--data.name", "fake", "--data.fake_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+    "--trainer.enable_progress_bar", "false", "--model.num_blocks", "2", "--model.split", "uniform",
+    "--trainer.log_every_n_steps", "1",
+]
 
 
 @pytest.fixture(autouse=True)

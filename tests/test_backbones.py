@@ -152,4 +152,4 @@ def test_register_custom_backbone_and_reject_duplicates() -> None:
     finally:
         from glcan.models import registry
 
-        registry._REGISTRY.pop(name, None)
+        registry._BACKBONES._factories.pop(name, None)

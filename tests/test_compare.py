@@ -15,17 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LOCAL_CONFIG, ROOT, TINY_RUN
+
 from glcan.compare import runner
 from glcan.compare.cli import main as compare_main
 from glcan.compare.grid import CompareError, expand, parse_args
 from glcan.entry import main as entry_main
 
-REPO = Path(__file__).resolve().parents[1]
-BASE = str(REPO / "configs" / "mnist5k_resnet20_glcan_k4.yaml")
-FAST = ["--data.name", "fake", "--data.fake_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-        "--trainer.enable_progress_bar", "false", "--model.num_blocks", "2", "--model.split", "uniform",
-        "--trainer.log_every_n_steps", "1"]
+REPO = ROOT
+BASE = LOCAL_CONFIG
+FAST = TINY_RUN
 GRID = ["--grid", "model.method=e2e,local", "--grid", "model.aux=glcan,linear"]
 IDS = ["e2e_s0", "local_k2_glcan_s0", "local_k2_linear_s0"]
 PNGS = ["acc_vs_memory.png", "block_acc.png", "loss_curves.png"]

@@ -178,7 +178,7 @@ def test_unknown_head_option() -> None:
 
 
 def test_register_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry._HEADS, "_factories", dict(registry._HEADS._factories))
     with pytest.raises(ValueError, match="already registered"):
         register_head("linear")(ModuleHead)
 

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+
+from conftest import LOCAL_CONFIG, ROOT, TINY_RUN
 import wandb
 from lightning.pytorch.loggers import WandbLogger
 
@@ -20,12 +22,9 @@ from glcan.compare.tracking import log_comparison
 from glcan.entry import main as entry_main
 from glcan.loggers import WandbOptions
 
-REPO = Path(__file__).resolve().parents[1]
-BASE = str(REPO / "configs" / "mnist5k_resnet20_glcan_k4.yaml")
-FAST = ["--data.name", "fake", "--data.fake_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-        "--trainer.enable_progress_bar", "false", "--model.num_blocks", "2", "--model.split", "uniform",
-        "--trainer.log_every_n_steps", "1"]
+REPO = ROOT
+BASE = LOCAL_CONFIG
+FAST = TINY_RUN
 
 
 @pytest.fixture(autouse=True)

@@ -22,46 +22,17 @@ import numbers
 from typing import Any, Callable
 
 from glcan.heads.base import AuxHead
+from glcan.registry import Registry
 
 HeadFactory = Callable[..., AuxHead]
 
 #: Keywords that say where a head sits; a factory receives those it declares.
 PLACEMENT_KEYWORDS: tuple[str, ...] = ("image_shape", "block_index", "num_blocks")
 
-_REGISTRY: dict[str, HeadFactory] = {}
-
-
-def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
-    """Decorator that registers a head class or factory under ``name``.
-
-    Args:
-        name: the registry name; must be a non-empty string not taken already.
-
-    Returns:
-        A decorator that stores the factory and returns it unchanged.
-
-    Raises:
-        ValueError: if ``name`` is empty or already registered.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"head name must be a non-empty string, got {name!r}")
-
-    def decorator(factory: HeadFactory) -> HeadFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"head {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def list_heads() -> list[str]:
-    """Every registered head name, sorted.
-
-    Returns:
-        The names `build_head` accepts.
-    """
-    return sorted(_REGISTRY)
+_HEADS: Registry[HeadFactory] = Registry("head")
+register_head = _HEADS.register
+list_heads = _HEADS.names
+_lookup = _HEADS.get
 
 
 def _parameters(factory: HeadFactory) -> dict[str, inspect.Parameter]:
@@ -85,12 +56,6 @@ def head_options(name: str) -> list[str]:
         Option names in declaration order.
     """
     return [k for k in _parameters(_lookup(name)) if k not in PLACEMENT_KEYWORDS]
-
-
-def _lookup(name: str) -> HeadFactory:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown head {name!r}; choose one of: {', '.join(list_heads())}")
-    return _REGISTRY[name]
 
 
 def _check_shape(in_shape: Any, num_classes: Any) -> tuple[int, int, int]:

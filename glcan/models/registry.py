@@ -19,48 +19,18 @@ import re
 from typing import Callable
 
 from glcan.models.backbone import Backbone
+from glcan.registry import Registry
 
 BackboneFactory = Callable[[int, int, "bool | None"], Backbone]
-
-_REGISTRY: dict[str, BackboneFactory] = {}
-
 
 def _natural_key(name: str) -> list[int | str]:
     """Sort key comparing digit runs as numbers: resnet18 < resnet20 < resnet110."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator that registers a backbone factory under ``name``.
-
-    Args:
-        name: the registry name; must not be taken already.
-
-    Returns:
-        A decorator that stores the factory and returns it unchanged.
-
-    Raises:
-        ValueError: if ``name`` is empty or already registered.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"backbone name must be a non-empty string, got {name!r}")
-
-    def decorator(factory: BackboneFactory) -> BackboneFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def list_backbones() -> list[str]:
-    """Every registered backbone name, in natural order.
-
-    Returns:
-        The names, e.g. ``["resnet18", "resnet20", ..., "vgg19_bn"]``.
-    """
-    return sorted(_REGISTRY, key=_natural_key)
+_BACKBONES: Registry[BackboneFactory] = Registry("backbone", sort_key=_natural_key)
+register_backbone = _BACKBONES.register
+list_backbones = _BACKBONES.names
 
 
 def build_backbone(
@@ -85,15 +55,14 @@ def build_backbone(
     Raises:
         ValueError: on an unknown name, ``num_classes < 2`` or ``in_channels < 1``.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    factory = _BACKBONES.get(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if small_input is not None and not isinstance(small_input, bool):
         raise ValueError(f"small_input must be True, False or None, got {small_input!r}")
-    backbone = _REGISTRY[name](num_classes, in_channels, small_input)
+    backbone = factory(num_classes, in_channels, small_input)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"factory for backbone {name!r} returned {type(backbone).__name__}, not a Backbone")
     return backbone
