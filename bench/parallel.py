@@ -84,6 +84,17 @@ def ideal(r: dict) -> str:
     return f"{sum(cost) / max(cost):.2f}x (sum / max of the group times)" if cost else "n/a"
 
 
+def _conditions(results: list[dict]) -> list[str]:
+    load = max(max(r["load"]) for r in results)
+    if load <= 1.5:
+        return [f"Conditions: the machine was otherwise idle (1-min load average at most {load:.1f}).", ""]
+    return [
+        f"**Conditions: the machine was shared** (1-min load average up to {load:.1f} on {os.cpu_count()} cores): "
+        "every setting competed with other processes for the cores. The settings that need both cores suffer most, "
+        "and two threads of one process worst (each OpenMP barrier waits for a descheduled thread). These figures "
+        "describe this machine under that load; they do not test the target, which assumes idle cores.", ""]
+
+
 def _md(results: list[dict], command: str, seconds: float) -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -92,8 +103,10 @@ def _md(results: list[dict], command: str, seconds: float) -> str:
         f"Command: `{command}` ({seconds / 60:.1f} min). Written by bench/parallel.py.", "",
         f"Machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, fp32. CIFAR-style ResNets, local "
         "learning with K=4 blocks (GLCAN heads, memory split), `fake` 3x32x32 data, batch 128, SGD + OneCycle.", "",
-        "Images/s: median of the runs (each a fresh launch; the three settings interleaved), steady state: batches completed by the last worker "
-        "after the pipeline has filled and the two memory-measured steps; data loading (worker 0) included.", "",
+        "Images/s: median of the runs (each a fresh launch; the three settings interleaved), steady state "
+        "(summary.json's `throughput_img_s`: every worker times the same batches, after the pipeline has filled and "
+        "the two memory-measured steps; the slowest worker's rate); data loading (worker 0) included.", "",
+        *_conditions(results),
         "| network | split | 1 process x 1 thread | 1 process x 2 threads | 2 pipeline workers x 1 thread | "
         "2 workers / 1x1 | 2 workers / 1x2 | target (>= 1.6x 1x1 and > 1x2) |",
         "|---|---|---|---|---|---|---|---|",

@@ -71,7 +71,6 @@ class GLCanCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.link_arguments("data.batch_size", "model.batch_size")
-        parser.link_arguments("trainer.precision", "model.precision", compute_fn=lambda p: str(p or "32-true"))
 
     def _cfg(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config

@@ -102,3 +102,16 @@ def test_unknown_config_key_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["memory", "--config", LOCAL_CONFIG, "--model.num_blockz", "4"])
     assert "num_blockz" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_predictor_within_10_percent_of_cuda_max_memory_allocated(tmp_path):
+    cli = fit(LOCAL_CONFIG, tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+              "--data.batch_size", "256", "--data.fake_size", "1024", "--trainer.limit_train_batches", "4",
+              "--trainer.limit_val_batches", "0", "--trainer.limit_test_batches", "1")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["memory_method"] == "torch.cuda.max_memory_allocated"
+    kwargs = cli.model.init_kwargs()
+    predicted = predict(lambda: GLCanModule(**kwargs), 256, (3, 32, 32), 10).peak_bytes
+    assert summary["peak_memory_bytes"] == pytest.approx(predicted, rel=0.10)

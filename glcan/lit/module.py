@@ -57,7 +57,8 @@ class GLCanModule(L.LightningModule):
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
         memory_budget: with ``num_blocks: auto``, the GPU memory to fit (``4GiB``, ``12GB`` or
             bytes): the smallest K whose predicted peak fits is chosen (see glcan.memory.budget).
-        precision: set from the trainer; the memory predictions are made at this precision.
+        precision: the precision that memory predictions (``num_blocks: auto``) assume; set it to
+            the same value as ``trainer.precision`` (``32-true`` or ``bf16-mixed``).
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class GLCanModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._backbone_spec = backbone  # kept to rebuild this model (memory predictor)
         backbone = as_backbone(backbone, num_classes, image_shape, small_input)
-        self.arch = self.hparams["arch"] = backbone.name
+        self.arch = backbone.name  # not a hyperparameter: LightningCLI feeds those back as init args
         self.net = build_network(backbone, method, num_blocks=num_blocks if method == "local" else 1, split=split,
                                  aux=aux, aux_kwargs=aux_kwargs, num_classes=num_classes, image_shape=image_shape,
                                  batch_size=batch_size)

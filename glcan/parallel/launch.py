@@ -11,7 +11,10 @@ noticed by the workers themselves (closed connection, or ``parallel.timeout``).
 from __future__ import annotations
 
 import datetime
+import functools
+import inspect
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -58,6 +61,21 @@ def check(model: Any, opts: Any, trainer: Any, workers: int) -> None:
         raise PipelineError("parallel.depth and parallel.threads must be >= 1 and parallel.timeout > 0")
 
 
+def plain_factory(factory: Any, what: str) -> Any:
+    """A picklable stand-in for LightningCLI's optimizer/scheduler callable (spawned workers
+    receive the model by pickle; the CLI's callables hold its parser, lambdas included)."""
+    try:
+        pickle.dumps(factory)
+        return factory
+    except Exception:  # noqa: BLE001 - any pickling failure
+        pass
+    classes = [a for a in getattr(factory, "args", ()) if inspect.isclass(a)]
+    if isinstance(factory, functools.partial) and classes:
+        return functools.partial(classes[0], **factory.keywords)  # what the CLI's instantiator calls
+    raise PipelineError(f"the {what} config cannot be sent to pipeline workers (not picklable); "
+                        "launch with torchrun, where every worker reads the config itself")
+
+
 def build_job(cli: PipelineCLI, workers: Optional[int] = None, plan: bool = True) -> Job:
     """The job from a parsed config; with ``plan``, also the run directory and the groups."""
     cfg = cli._cfg()
@@ -78,7 +96,10 @@ def build_job(cli: PipelineCLI, workers: Optional[int] = None, plan: bool = True
               balance=opts.balance, extra={"per_epoch": per_epoch, "rng_state": rng, "limit_test": trainer.limit_test_batches,
                                            "block_shapes": probe_shapes(model.net.blocks, dm.image_shape)})
     planning.group_blocks(model.net.num_blocks, workers, opts.balance)  # validates before any work
-    if plan:
+    if plan:  # launched plainly: the model travels to the workers by pickle
+        model.optimizer_factory = plain_factory(model.optimizer_factory, "model.optimizer")
+        if model.scheduler_factory is not None:
+            model.scheduler_factory = plain_factory(model.scheduler_factory, "model.scheduler")
         root = trainer.default_root_dir or "runs"
         job.run_dir = str(planning.next_run_dir(root, run_name(model, dm), cfg.get("run_dir")))
         _save_config(cli, Path(job.run_dir))

@@ -140,7 +140,7 @@ class Worker:
     def run(self) -> None:
         self.setup()
         self.stats["start_time"] = time.time()
-        epoch, kind, shards = 0, EPOCH_END, None
+        epoch, kind, shards, path = 0, EPOCH_END, None, None
         while kind != FINAL:
             kind = self.run_epoch(epoch)
             epoch += 1
