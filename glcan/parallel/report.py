@@ -60,6 +60,7 @@ def finish(worker: Any, path: Path, shards: list[dict], epochs: int) -> Path:
         "worker_peak_memory_bytes": peaks,
         "worker_block_peaks": [s.get("memory_block_peaks") for s in stats],
         "worker_compute_s": [s["compute_s"] for s in stats],
+        "worker_step_ms": [s.get("step_ms_median") for s in stats],
         "worker_recv_wait_s": [s["recv_wait_s"] for s in stats],
         "worker_send_wait_s": [s["send_wait_s"] for s in stats],
         "worker_steady_img_s": rates,

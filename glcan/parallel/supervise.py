@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import socket
 import sys
 import traceback
+from pathlib import Path
 
 import torch.distributed as dist
 from torch.multiprocessing import start_processes
@@ -61,12 +63,40 @@ def worker_main(rank: int, job: Job) -> None:
             dist.destroy_process_group()
 
 
+def worker_from_file(rank: int, path: str) -> None:
+    """Spawned workers' entry: the job (with the model) comes from a file, not the spawn pipe.
+
+    A large spawn payload can hang the launcher: it writes into a pipe whose read end it still
+    holds, so a child that dies before reading everything leaves the write blocked for ever.
+    """
+    try:
+        with open(path, "rb") as f:
+            job = pickle.load(f)
+    except Exception as e:  # noqa: BLE001 - reported like any worker failure
+        message = f"pipeline worker {rank} failed to start: {type(e).__name__}: {e}"
+        (Path(path).parent / f"worker{rank}.error").write_text(json.dumps({"message": message, "peer_lost": False}))
+        sys.exit(1)
+    worker_main(rank, job)
+
+
 def spawn(job: Job) -> int:
     """Run the job in ``job.workers`` spawned processes; 0 on success, 1 after a failure."""
     job.spawned, job.init_method = True, f"tcp://127.0.0.1:{_free_port()}"
-    for stale in worker_dir(job.run_dir).glob("worker*.error"):
+    wdir = worker_dir(job.run_dir)
+    wdir.mkdir(parents=True, exist_ok=True)
+    for stale in wdir.glob("worker*.error"):
         stale.unlink()
-    procs = start_processes(worker_main, args=(job,), nprocs=job.workers, join=False, start_method="spawn").processes
+    job_file = wdir / "job.pkl"
+    with open(job_file, "wb") as f:
+        pickle.dump(job, f)
+    try:
+        return _watch(job, start_processes(worker_from_file, args=(str(job_file),), nprocs=job.workers, join=False,
+                                           start_method="spawn").processes)
+    finally:
+        job_file.unlink(missing_ok=True)
+
+
+def _watch(job: Job, procs: list) -> int:
     pending = {p.sentinel: i for i, p in enumerate(procs)}
     try:
         while pending:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import statistics
 import time
 from contextlib import nullcontext
 from typing import Any, Optional
@@ -41,6 +42,7 @@ class Worker:
         self._loss = {k: 0.0 for k in self.mine}
         self._seen = 0
         self.done: list[tuple[float, int]] = []  # (time this worker finished batch i, its images)
+        self.step_ms: list[float] = []  # compute time of each batch (from the first step after the memory-measured ones)
 
     def describe(self, r: int) -> str:
         return f"worker {r} ({self.job.blocks_text(r)})"
@@ -116,6 +118,8 @@ class Worker:
         self.stats["steps"] += 1
         self.stats["images"] += n
         self.done.append((done, n))
+        if self.step - 1 > MEASURED_STEPS[-1]:  # after the warm-up and the memory-measured steps
+            self.step_ms.append((done - t0) * 1000.0)
 
     def run_epoch(self, epoch: int) -> int:
         job = self.job
@@ -178,6 +182,7 @@ class Worker:
         s["recv_wait_s"] = self.link_in.wait_s if self.link_in else 0.0
         s["send_wait_s"] = self.link_out.wait_s if self.link_out else 0.0
         s.update(self.meter.result())
+        s["step_ms_median"] = statistics.median(self.step_ms) if self.step_ms else None
         s["steady_img_s"] = window_rate(self.done, warmup=max(MEASURED_STEPS[-1] + 1, self.world + 2))
         return s
 
