@@ -40,7 +40,7 @@ NUM_CLASSES = 10
 
 def resnet32_units() -> list[nn.Module]:
     """The 16 units of glcan's CIFAR ResNet-32: the stem, then 15 basic blocks."""
-    from glcan.models import build_backbone
+    from glcan.backbones import build_backbone
 
     return list(build_backbone("resnet32", NUM_CLASSES).units)
 

@@ -7,7 +7,7 @@ These are tensor bytes only; a GPU adds its CUDA context and the caching allocat
 (see ``glcan/memory/budget.py``).
 
 Rows, per backbone: E2E, E2E with per-unit gradient checkpointing, and local learning at
-K in {2, 4, 8, 16, one unit per block} x split in {uniform, memory} x aux in {linear, glcan}.
+K in {2, 4, 8, 16, one unit per block} x split in {uniform, memory} x head in {linear, glcan}.
 Each row reports the peak (GiB), its ratio to E2E and its ratio to the *floor* (the row's
 resident bytes -- parameters, optimizer state, input -- plus the training footprint of the
 single largest unit, ``glcan.memory.report.largest_unit_footprint``).
@@ -32,7 +32,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from glcan.io import write_text  # noqa: E402
 from glcan.lit.module import GLCanModule  # noqa: E402
 from glcan.memory.predictor import fake_mode, predict  # noqa: E402
 from glcan.memory.report import largest_unit_footprint  # noqa: E402
@@ -95,8 +95,8 @@ def rows_of(s: Setting, num_units: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [dict(method="e2e"), dict(method="e2e_checkpoint")]
     for k in sorted({k for k in s.ks if k <= num_units} | {num_units}):
         for split in ("uniform", "memory"):
-            for aux in ("linear", "glcan"):
-                rows.append(dict(method="local", num_blocks=k, split=split, aux=aux))
+            for head in ("linear", "glcan"):
+                rows.append(dict(method="local", num_blocks=k, split=split, head=head))
     return rows
 
 
@@ -107,24 +107,11 @@ def setting_key(s: Setting) -> str:
 def row_key(s: Setting, row: dict[str, Any]) -> str:
     if row["method"] != "local":
         return f"{setting_key(s)}|{row['method']}"
-    return f"{setting_key(s)}|local|K{row['num_blocks']}|{row['split']}|{row['aux']}"
+    return f"{setting_key(s)}|local|K{row['num_blocks']}|{row['split']}|{row['head']}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Cache and atomic writes
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_cache(path: Path, fresh: bool) -> dict[str, Any]:
@@ -138,7 +125,7 @@ def load_cache(path: Path, fresh: bool) -> dict[str, Any]:
 
 
 def save_cache(path: Path, cache: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +169,7 @@ def row_label(row: dict[str, Any], num_units: Optional[int]) -> tuple[str, str, 
         return "E2E + checkpointing (per unit)", "", "", ""
     k = row["num_blocks"]
     kk = f"{k} (one unit per block)" if k == num_units else str(k)
-    return "local", kk, row["split"], row["aux"]
+    return "local", kk, row["split"], row["head"]
 
 
 def section(s: Setting, cache: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -199,7 +186,7 @@ def section(s: Setting, cache: dict[str, Any]) -> tuple[list[str], list[str]]:
     e2e = cache["rows"].get(row_key(s, {"method": "e2e"}))
     out += [f"{n} units; largest unit: #{meta['largest_unit']}, training footprint "
             f"{gib(meta['largest_unit_bytes'])} GiB.", "",
-            "| method | K | split | aux | peak GiB | / E2E | / floor | floor GiB | peak block | boundaries |",
+            "| method | K | split | head | peak GiB | / E2E | / floor | floor GiB | peak block | boundaries |",
             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for row in plan:
         key = row_key(s, row)
@@ -228,7 +215,7 @@ def targets_section(cache: dict[str, Any]) -> list[str]:
            "ResNet-110, CIFAR (3x32x32, 10 classes), batch 1024, fp32, SGD momentum, GLCAN head + memory split.", "",
            "| target | measured local / E2E | local GiB | E2E GiB | status |", "|---|---:|---:|---:|---|"]
     for k, goal in TARGETS.items():
-        r = rows.get(row_key(s, dict(method="local", num_blocks=k, split="memory", aux="glcan")))
+        r = rows.get(row_key(s, dict(method="local", num_blocks=k, split="memory", head="glcan")))
         if r is None or e2e is None:
             out.append(f"| K={k}: <= {goal:.2f} | **not measured** | | | unknown |")
             continue
@@ -240,7 +227,7 @@ def targets_section(cache: dict[str, Any]) -> list[str]:
     pub_info = PUBLISHED["infopro_k4_gb"] / PUBLISHED["e2e_gb"]
     pub_ckpt = PUBLISHED["checkpoint_gb"] / PUBLISHED["e2e_gb"]
     ours_ckpt = f"{ckpt['peak_bytes'] / e2e['peak_bytes']:.3f}" if ckpt and e2e else "not measured"
-    ours_k4 = rows.get(row_key(s, dict(method="local", num_blocks=4, split="memory", aux="glcan")))
+    ours_k4 = rows.get(row_key(s, dict(method="local", num_blocks=4, split="memory", head="glcan")))
     ours_k4 = f"{ours_k4['peak_bytes'] / e2e['peak_bytes']:.3f}" if ours_k4 and e2e else "not measured"
     out += [
         "Published GPU figures for the same setting (InfoPro, Wang et al., ICLR 2021, ResNet-110, batch 1024):",
@@ -340,7 +327,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def write(running: bool) -> None:
         save_cache(cache_path, cache)
-        atomic_write(args.out, render(cmd, started, cfgs, cache, args.quick, running, measured_now) + "\n")
+        write_text(args.out, render(cmd, started, cfgs, cache, args.quick, running, measured_now) + "\n")
 
     t_all = time.perf_counter()
     measured_now = 0

@@ -38,25 +38,23 @@ import warnings  # noqa: E402
 
 import torch  # noqa: E402
 
+from glcan.cli.main import main as train_py  # noqa: E402
 from glcan.lit import GLCanModule  # noqa: E402
-from glcan.parallel.launch import PipelineCLI, build_job  # noqa: E402
-from glcan.parallel.supervise import spawn  # noqa: E402
 
 CONFIG = ROOT / "configs" / "mnist5k_resnet20_glcan_k4.yaml"
 SETTINGS = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 pipeline workers x 1 thread", 2, 1)]
 BATCH = 128
 
 
-def run_once(arch: str, split: list[int], workers: int, threads: int, balance: str, steps: int, out: Path) -> dict:
+def run_once(arch: str, split: list[int], workers: int, threads: int, grouping: str, steps: int, out: Path) -> dict:
     args = ["--config", str(CONFIG), "--data.name", "fake", "--data.batch_size", str(BATCH),
             "--data.fake_size", str(BATCH * steps), "--model.backbone", arch, "--model.num_blocks", "4",
             "--model.split", json.dumps(split), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
             "--trainer.limit_test_batches", "1", "--logger.enabled", "false", "--parallel.mode", "pipeline",
-            "--parallel.workers", str(workers), "--parallel.threads", str(threads), "--parallel.balance", balance,
+            "--parallel.workers", str(workers), "--parallel.threads", str(threads), "--parallel.split", grouping,
             "--run_dir", str(out)]
-    job = build_job(PipelineCLI(args=args, run=False))
     busy0, own0, t0 = _busy_s(), _own_s(), time.time()
-    if spawn(job) != 0:
+    if train_py(["fit", *args]) != 0:
         raise SystemExit(f"benchmark run failed: {' '.join(args)}")
     foreign = ((_busy_s() - busy0) - (_own_s() - own0)) / (time.time() - t0)
     return {**json.loads((out / "summary.json").read_text()), "foreign_cores": max(0.0, foreign)}
@@ -77,19 +75,19 @@ def _own_s() -> float:
 def bench_arch(arch: str, runs: int, steps: int, tmp: Path) -> dict:
     split = GLCanModule(backbone=arch, num_blocks=4, split="memory", batch_size=BATCH).net.boundaries
     result: dict = {"arch": arch, "split": split, "steps": steps, "foreign": []}
-    balance = "time"
+    grouping = "time"
     result["settings"] = {name: [] for name, _, _ in SETTINGS}
     for r in range(runs):  # settings interleaved: a change of machine load hits all of them alike
         for name, workers, threads in SETTINGS:
-            s = run_once(arch, split, workers, threads, balance if workers > 1 else "blocks", steps,
+            s = run_once(arch, split, workers, threads, grouping if workers > 1 else "blocks", steps,
                          tmp / f"{arch}_{workers}x{threads}_{r}")
             result["settings"][name].append(s["throughput_img_s"])
             result["foreign"].append(s["foreign_cores"])
-            if workers > 1 and balance == "time":  # measured once; the later runs reuse the grouping
+            if workers > 1 and grouping == "time":  # measured once; the later runs reuse the grouping
                 result["groups"], result["group_cost_ms"] = s["worker_blocks"], s["group_cost_ms"]
                 result["busy"] = [[round(v, 1) for v in s[k]] for k in ("worker_compute_s", "worker_recv_wait_s", "worker_send_wait_s")]
                 result["step_ms"] = [round(v) for v in s["worker_step_ms"]]
-                balance = json.dumps([g[0] for g in s["worker_blocks"][1:]])
+                grouping = json.dumps([g[0] for g in s["worker_blocks"][1:]])
             print(f"{arch:10s} {name:32s} run {r + 1}: {s['throughput_img_s']:7.1f} images/s", flush=True)
     return result
 

@@ -15,7 +15,7 @@ from glcan.lit import GLCanModule
 from glcan.memory import MemoryTracker
 from glcan.memory import predict as predict_memory
 from glcan.memory.report import memory_report
-from glcan.models import Backbone, build_backbone, list_backbones
+from glcan.backbones import Backbone, build_backbone, list_backbones
 
 __version__ = "0.1.0"
 __all__ = [

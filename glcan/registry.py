@@ -1,6 +1,6 @@
 """Names to factories for one kind of thing (backbones, heads): the rules live in one place.
 
-A config says ``backbone: resnet110`` or ``aux: dgl``; the registry turns the string into the
+A config says ``backbone: resnet110`` or ``head: dgl``; the registry turns the string into the
 factory, refuses a name registered twice, and answers an unknown name with the list of the
 known ones.
 """

@@ -37,11 +37,16 @@ def _offline(monkeypatch):
     torch.manual_seed(0)
 
 
-def fit(config: str, run_dir: Path, *extra: str):
-    """Train through the real CLI in-process; returns the CLI (trainer, model, datamodule)."""
-    from glcan.cli import GLCanCLI
+def fit(config: str, run_dir: Path, *extra: str, expect: int = 0):
+    """Train through the real ``train.py fit`` in-process; returns the parsed CLI (model, data,
+    and the trainer on ``cli.trainer``)."""
+    from glcan.cli.parser import GLCanCLI
+    from glcan.cli.run import fit_cli
 
-    return GLCanCLI(args=["fit", "--config", config, *SHRINK, "--run_dir", str(run_dir), *extra])
+    args = ["--config", config, *SHRINK, "--run_dir", str(run_dir), *extra]
+    cli = GLCanCLI(args)
+    assert fit_cli(cli, args) == expect
+    return cli
 
 
 class StopAfterEpoch(L.Callback):

@@ -11,13 +11,13 @@ import json
 import pytest
 
 from conftest import E2E_CONFIG, LOCAL_CONFIG
-from glcan.cli import GLCanCLI
+from glcan.cli.main import main
 
 QUIET = ["--logger.enabled", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def _test_acc(config: str, run_dir) -> dict:
-    GLCanCLI(args=["fit", "--config", config, *QUIET, "--run_dir", str(run_dir)])
+    assert main(["fit", "--config", config, *QUIET, "--run_dir", str(run_dir)]) == 0
     return json.loads((run_dir / "summary.json").read_text())
 
 
@@ -26,5 +26,5 @@ def test_local_k4_within_1_5_points_of_e2e_on_mnist5k(tmp_path):
     e2e = _test_acc(E2E_CONFIG, tmp_path / "e2e")
     local = _test_acc(LOCAL_CONFIG, tmp_path / "local")
     assert e2e["test_acc"] > 0.9
-    assert local["num_blocks"] == 4 and local["aux"] == "glcan"
+    assert local["num_blocks"] == 4 and local["head"] == "glcan"
     assert local["test_acc"] >= e2e["test_acc"] - 0.015, (local["test_acc"], e2e["test_acc"])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import glcan
-from conftest import SHRINK
+from conftest import SHRINK, fit
 from glcan.memory.budget import BudgetError, fits, parse_bytes
 
 
@@ -28,7 +28,7 @@ def test_custom_cnn_trains_locally_through_the_api():
     L.seed_everything(0)
     data = glcan.GLCanDataModule(name="mnist5k", batch_size=128)
     model = glcan.GLCanModule(
-        backbone=small_cnn(), method="local", num_blocks=3, aux="glcan", num_classes=10,
+        backbone=small_cnn(), method="local", num_blocks=3, head="glcan", num_classes=10,
         image_shape=data.image_shape, batch_size=128,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
     )
@@ -42,7 +42,7 @@ def test_custom_cnn_trains_locally_through_the_api():
 
 def test_units_as_a_list_and_shapes_found_by_probing():
     units = list(small_cnn())
-    model = glcan.GLCanModule(backbone=units, method="local", num_blocks=2, split="uniform", aux="linear",
+    model = glcan.GLCanModule(backbone=units, method="local", num_blocks=2, split="uniform", head="linear",
                               num_classes=10, image_shape=(1, 28, 28))
     assert model.net.heads[0].net[-1].in_features == 32  # found by running an example input
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
@@ -68,17 +68,17 @@ def test_config_route_with_a_user_module(tmp_path, monkeypatch):
             init_args: {width: 12}
           method: local
           num_blocks: 3
-          aux: linear
+          head: linear
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    from glcan.cli import GLCanCLI
-
-    cli = GLCanCLI(args=["fit", "--config", str(config), *SHRINK, "--trainer.limit_train_batches", "2",
-                         "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-                         "--run_dir", str(tmp_path / "run")])
-    assert cli.model.arch == "Sequential" and cli.model.net.num_blocks == 3
+    cli = fit(str(config), tmp_path / "run", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.limit_test_batches", "1")
+    assert cli.model.backbone_name == "Sequential" and cli.model.net.num_blocks == 3
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "local" and len(summary["block_acc"]) == 3
+    # the checkpoint records the user's class_path: it rebuilds the model without arguments
+    model = glcan.GLCanModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert model.net.num_blocks == 3 and model.net.blocks[0][0][0].out_channels == 12
     sys.modules.pop("usernets", None)
 
 

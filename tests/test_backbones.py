@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision import models as tvm
 
-from glcan.models import Backbone, build_backbone, list_backbones, register_backbone
+from glcan.backbones import Backbone, build_backbone, list_backbones, register_backbone
 
 CIFAR_NAMES = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 TV_NAMES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
@@ -23,20 +24,51 @@ def test_registry_lists_builtin_backbones() -> None:
 
 
 @pytest.mark.parametrize("name", list_backbones())
-def test_chaining_units_equals_forward(name: str) -> None:
-    torch.manual_seed(0)
+def test_every_backbone_is_units_then_classifier(name: str) -> None:
     backbone = build_backbone(name, num_classes=7).eval()
     assert isinstance(backbone, Backbone) and backbone.name == name
-    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        h = x
+        h = torch.randn(2, 3, 32, 32)
         for unit in backbone.units:
             h = unit(h)
-            assert h.dim() == 4
-        chained = backbone.classifier(h)
-        direct = backbone(x)
-    assert chained.shape == (2, 7)
-    torch.testing.assert_close(chained, direct, rtol=0, atol=0)
+            assert h.dim() == 4 and h.shape[0] == 2
+        assert backbone.classifier(h).shape == (2, 7)
+
+
+def _reference_cifar_resnet(net: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """He et al.'s CIFAR ResNet written out with functional ops on the backbone's own weights:
+    conv-BN-ReLU stem; per block relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), the
+    shortcut a strided 1x1 conv + BN where the shape changes; global average pool; linear."""
+    def bn(m: torch.nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, training=False, eps=m.eps)
+
+    stem_conv, stem_bn = net.units[0][0], net.units[0][1]
+    h = F.relu(bn(stem_bn, F.conv2d(x, stem_conv.weight, padding=1)))
+    for block in net.units[1:]:
+        stride = block.conv1.stride[0]
+        out = F.relu(bn(block.bn1, F.conv2d(h, block.conv1.weight, stride=stride, padding=1)))
+        out = bn(block.bn2, F.conv2d(out, block.conv2.weight, padding=1))
+        if isinstance(block.shortcut, torch.nn.Identity):
+            short = h
+        else:
+            short = bn(block.shortcut[1], F.conv2d(h, block.shortcut[0].weight, stride=stride))
+        h = F.relu(out + short)
+    linear = net.classifier[-1]
+    return F.linear(h.mean(dim=(2, 3)), linear.weight, linear.bias)
+
+
+@pytest.mark.parametrize("name", CIFAR_NAMES)
+def test_cifar_resnet_matches_the_paper_written_out(name: str) -> None:
+    torch.manual_seed(0)
+    net = build_backbone(name, num_classes=7)
+    for m in net.modules():  # non-trivial statistics, so a BatchNorm applied in the wrong place shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), _reference_cifar_resnet(net, x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", TV_NAMES)
@@ -150,6 +182,6 @@ def test_register_custom_backbone_and_reject_duplicates() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_backbone(name)(tiny)
     finally:
-        from glcan.models import registry
+        from glcan.backbones import registry
 
         registry._BACKBONES._factories.pop(name, None)

@@ -1,6 +1,6 @@
 """``train.py compare``: the grid, its outputs, resume, failures and bad input.
 
-One small comparison (method=e2e,local x aux=glcan,linear -> 3 runs, on fake data) is trained
+One small comparison (method=e2e,local x head=glcan,linear -> 3 runs, on fake data) is trained
 once for the module and shared; the resume test then deletes one run's summary.json. W&B is
 offline (every run and the comparison run leave an offline-run directory); nothing here
 touches the network.
@@ -17,15 +17,16 @@ import pytest
 
 from conftest import LOCAL_CONFIG, ROOT, TINY_RUN
 
-from glcan.compare import runner
-from glcan.compare.cli import main as compare_main
-from glcan.compare.grid import CompareError, expand, parse_args
-from glcan.entry import main as entry_main
+from glcan.cli import run
+from glcan.cli.compare import main as compare_main
+from glcan.cli.compare import parse_args
+from glcan.cli.main import main as entry_main
+from glcan.compare.grid import CompareError, expand
 
 REPO = ROOT
 BASE = LOCAL_CONFIG
 FAST = TINY_RUN
-GRID = ["--grid", "model.method=e2e,local", "--grid", "model.aux=glcan,linear"]
+GRID = ["--grid", "model.method=e2e,local", "--grid", "model.head=glcan,linear"]
 IDS = ["e2e_s0", "local_k2_glcan_s0", "local_k2_linear_s0"]
 PNGS = ["acc_vs_memory.png", "block_acc.png", "loss_curves.png"]
 
@@ -53,9 +54,9 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def test_grid_expands_with_e2e_once_per_seed():
     opts = parse_args(["--grid", "model.method=e2e,local", "--grid", "model.num_blocks=2,4", "--grid",
-                       "model.aux=glcan,linear", "--seeds", "2", "--data.name", "fake"])
+                       "model.head=glcan,linear", "--seeds", "2", "--data.name", "fake"])
     assert opts.fixed == ["--data.name", "fake"] and opts.seeds == [0, 1]
-    plan = expand(opts, {"model.method": "local", "model.num_blocks": 4, "model.aux": "glcan"})
+    plan = expand(opts, {"model.method": "local", "model.num_blocks": 4, "model.head": "glcan"})
     ids = [p.run_id for p in plan.points]
     assert ids[:5] == ["e2e_s0", "local_k2_glcan_s0", "local_k2_linear_s0", "local_k4_glcan_s0", "local_k4_linear_s0"]
     assert len(ids) == 10 and len(set(ids)) == 10 and ids[5] == "e2e_s1"
@@ -65,7 +66,7 @@ def test_grid_expands_with_e2e_once_per_seed():
 
 def test_grid_ids_name_other_keys_and_brackets():
     opts = parse_args(["--grid=model.split=uniform,[3,6]", "--grid", "data.batch_size=16,32", "--seed_list", "3"])
-    plan = expand(opts, {"model.method": "local", "model.num_blocks": 3, "model.aux": "glcan"})
+    plan = expand(opts, {"model.method": "local", "model.num_blocks": 3, "model.head": "glcan"})
     assert [p.run_id for p in plan.points] == [
         "local_k3_glcan_split-uniform_batch_size-16_s3", "local_k3_glcan_split-uniform_batch_size-32_s3",
         "local_k3_glcan_split-3-6_batch_size-16_s3", "local_k3_glcan_split-3-6_batch_size-32_s3"]
@@ -77,7 +78,7 @@ def test_grid_ids_name_other_keys_and_brackets():
     (["--grid", "model.num_blocks="], "needs key=v1,v2"),
     (["--grid", "=2,4"], "needs key=v1,v2"),
     (["--grid", "seed_everything=1,2"], "use --seeds"),
-    (["--grid", "model.aux=glcan", "--grid", "model.aux=linear"], "already in the grid"),
+    (["--grid", "model.head=glcan", "--grid", "model.head=linear"], "already in the grid"),
     (["--seeds", "0"], "--seeds needs a positive count"),
     (["--run_dir", "x"], "set by compare"),
 ])
@@ -89,6 +90,7 @@ def test_bad_arguments_are_one_line(argv: list[str], message: str):
 @pytest.mark.parametrize("grid, message", [
     ("model.num_blocks", "error: --grid 'model.num_blocks' needs key=v1,v2"),
     ("model.nonsense=1,2", "error: --grid 'model.nonsense=1,2': unknown key 'model.nonsense'"),
+    ("model.num_block=2,4", "error: --grid 'model.num_block=2,4': unknown key 'model.num_block' (did you mean model.num_blocks?)"),
     ("model.method=e2e,bogus", "error: --grid 'model.method=e2e,bogus': bad value 'bogus'"),
 ])
 def test_bad_grid_fails_before_any_training(tmp_path, monkeypatch, capsys, grid, message):
@@ -97,7 +99,7 @@ def test_bad_grid_fails_before_any_training(tmp_path, monkeypatch, capsys, grid,
     def no_fit(args):
         raise AssertionError("a run started despite a bad grid")
 
-    monkeypatch.setattr(runner, "_fit", no_fit)
+    monkeypatch.setattr(run, "fit", no_fit)
     rc = entry_main(["compare", "--config", BASE, "--grid", grid, *FAST, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith(message)
@@ -110,10 +112,10 @@ def test_comparison_rows_and_files(compared):
     out, rc, report = compared
     assert rc == 0
     rows = _rows(out)
-    assert [r["run_id"] for r in rows] == IDS  # E2E once, not once per aux
+    assert [r["run_id"] for r in rows] == IDS  # E2E once, not once per head
     assert all(r["status"] == "ok" for r in rows)
     assert [r["method"] for r in rows] == ["e2e", "local", "local"]
-    assert [r["aux"] for r in rows] == ["", "glcan", "linear"]
+    assert [r["head"] for r in rows] == ["", "glcan", "linear"]
     assert len(json.loads(rows[1]["block_acc"])) == 2 and float(rows[0]["peak_memory_bytes"]) > 0
     assert "memory_parts.activations" in rows[0]  # nested summary fields are flattened
     for png in PNGS:
@@ -158,14 +160,15 @@ def test_resume_reruns_only_the_missing_point(compared, monkeypatch, capsys):
     def recording_fit(args):  # stands in for the real fit (trained above): records, writes the summary
         ran.append(args)
         run_dir = Path(args[args.index("--run_dir") + 1])
-        assert not run_dir.exists()  # the incomplete run directory was cleared first
-        run_dir.mkdir(parents=True)
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # kept: the run continues from it
         (run_dir / "summary.json").write_text(saved)
+        return 0
 
-    monkeypatch.setattr(runner, "_fit", recording_fit)
+    monkeypatch.setattr(run, "fit", recording_fit)
     assert compare_main(_argv(out)) == 0
     assert [Path(a[a.index("--run_dir") + 1]).name for a in ran] == ["local_k2_glcan_s0"]
     assert ran[0][ran[0].index("--logger.group") + 1] == "cmp_test"  # the resumed run keeps the group
+    assert ran[0][-2:] == ["--ckpt_path", "last"]  # and continues from its checkpoint, not from scratch
     assert "skipping 2 complete run(s)" in capsys.readouterr().out
     assert {i: (out / "runs" / i / "summary.json").stat().st_mtime_ns for i in kept} == kept
     assert [r["status"] for r in _rows(out)] == ["ok"] * 3
@@ -190,11 +193,12 @@ def test_a_failed_run_is_reported_and_the_comparison_marked_incomplete(tmp_path,
         if run_dir.name.startswith("e2e"):
             raise RuntimeError("out of memory (simulated)")
         run_dir.mkdir(parents=True)
-        summary = {"method": "local", "num_blocks": 2, "aux": "glcan", "test_acc": 0.5, "block_acc": [0.4, 0.5],
+        summary = {"method": "local", "num_blocks": 2, "head": "glcan", "test_acc": 0.5, "block_acc": [0.4, 0.5],
                    "peak_memory_bytes": 2**20, "memory_method": "test", "step_time_ms": 10.0, "timed_steps": 20}
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        return 0
 
-    monkeypatch.setattr(runner, "_fit", fake_fit)
+    monkeypatch.setattr(run, "fit", fake_fit)
     rc = compare_main(["--config", BASE, "--grid", "model.method=e2e,local", *FAST, "--out", str(out)])
     assert rc == 1 and calls == ["e2e_s0", "local_k2_glcan_s0"]  # the failure did not stop the comparison
     assert [(r["run_id"], r["status"]) for r in _rows(out)] == [("e2e_s0", "failed"), ("local_k2_glcan_s0", "ok")]

@@ -129,12 +129,18 @@ def test_infopro_loss_mixes_reconstruction_and_task() -> None:
 def test_heads_run_under_fake_tensors() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode  # the memory predictor's mode
 
+    from torch._subclasses.fake_tensor import FakeTensor
+
     with FakeTensorMode():
         for name in BUILTIN:
             head = build_head(name, (32, 16, 16), 10, image_shape=IMAGE)
             h = torch.randn(8, 32, 16, 16, requires_grad=True)
-            loss, _ = head.loss(h, torch.randint(0, 10, (8,)), torch.randn(8, *IMAGE))
+            loss, logits = head.loss(h, torch.randint(0, 10, (8,)), torch.randn(8, *IMAGE))
             loss.backward()
+            assert isinstance(loss, FakeTensor) and loss.shape == () and logits.shape == (8, 10), name
+            assert h.grad is not None and h.grad.shape == h.shape, name
+            for pname, p in head.named_parameters():
+                assert p.grad is not None and p.grad.shape == p.shape, f"{name}: {pname}"
 
 
 def _flops(module: nn.Module, x: torch.Tensor) -> int:

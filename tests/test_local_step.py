@@ -11,9 +11,9 @@ from glcan.core.step import local_step
 from glcan.lit import GLCanModule
 
 
-def make(k: int = 4, aux: str = "glcan", split="uniform", backbone: str = "resnet20") -> GLCanModule:
+def make(k: int = 4, head: str = "glcan", split="uniform", backbone: str = "resnet20") -> GLCanModule:
     torch.manual_seed(0)
-    return GLCanModule(backbone=backbone, method="local", num_blocks=k, split=split, aux=aux,
+    return GLCanModule(backbone=backbone, method="local", num_blocks=k, split=split, head=head,
                        image_shape=(1, 32, 32), num_classes=10, batch_size=8)
 
 
@@ -57,11 +57,11 @@ def test_block_gradients_come_only_from_its_own_head(target):
     assert any(g.abs().sum() > 0 for g in with_all)
 
 
-@pytest.mark.parametrize("aux", ["glcan", "linear", "dgl", "infopro"])
-def test_every_parameter_of_every_block_and_head_gets_a_gradient(aux):
+@pytest.mark.parametrize("head", ["glcan", "linear", "dgl", "infopro"])
+def test_every_parameter_of_every_block_and_head_gets_a_gradient(head):
     """timm-style. Two real steps: GCNet's zero-initialised last conv passes zero gradient to
     the layers before it on the very first step, by design, so the check is on the second."""
-    module = make(aux=aux)
+    module = make(head=head)
     net, optimizers = module.net, module.build_optimizers()
     missing: list[str] = []
 
@@ -118,7 +118,7 @@ class _Box:
 
 
 def test_local_step_keeps_one_block_of_activations_alive():
-    module = make(k=4, aux="linear", split="memory")
+    module = make(k=4, head="linear", split="memory")
     net = module.net
     x, y = batch(16)
 
@@ -145,7 +145,7 @@ def test_local_step_keeps_one_block_of_activations_alive():
 
 def test_summing_the_losses_would_keep_everything_alive():
     """The counter can tell the difference: one backward over the K losses holds all blocks."""
-    module = make(k=4, aux="linear", split="memory")
+    module = make(k=4, head="linear", split="memory")
     x, y = batch(16)
     counter = SavedTensorCounter()
     with counter.hooks():

@@ -26,7 +26,7 @@ def test_local_with_one_block_equals_e2e():
     common = dict(backbone="resnet20", num_classes=dm.num_classes, image_shape=dm.image_shape, optimizer=opt)
     torch.manual_seed(0)
     e2e = GLCanModule(method="e2e", **common)
-    local = GLCanModule(method="local", num_blocks=1, aux="linear", **common)
+    local = GLCanModule(method="local", num_blocks=1, head="linear", **common)
     for a, b in zip(local.net.parameters(), e2e.net.parameters()):
         a.data.copy_(b.data)
     for model in (e2e, local):
@@ -53,12 +53,13 @@ def test_global_step_counts_batches_and_max_steps_means_batches(tmp_path):
 def test_summary_for_a_local_run(tmp_path):
     fit(LOCAL_CONFIG, tmp_path, "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1")
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["method"] == "local" and s["num_blocks"] == 4 and s["aux"] == "glcan"
+    assert s["method"] == "local" and s["num_blocks"] == 4 and s["head"] == "glcan"
     assert len(s["block_acc"]) == 4 and all(0.0 <= a <= 1.0 for a in s["block_acc"])
     assert s["block_acc"][-1] == s["test_acc"]
     assert s["peak_memory_bytes"] > 0 and "tracker" in s["memory_method"]
     assert len(s["memory_block_peaks"]) == 4 and max(s["memory_block_peaks"]) == s["peak_memory_bytes"]
-    for key in ("arch", "dataset", "epochs", "seed", "params", "step_time_ms", "wandb_dir"):
+    for key in ("backbone", "dataset", "epochs", "seed", "params", "head_params", "step_time_ms", "step_cpu_ms",
+                "threads", "load_before", "wandb_dir"):
         assert key in s
 
 

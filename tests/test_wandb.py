@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import WandbLogger
 from glcan.compare.grid import Point
 from glcan.compare.results import Run
 from glcan.compare.tracking import log_comparison
-from glcan.entry import main as entry_main
-from glcan.loggers import WandbOptions
+from glcan.cli.main import main as entry_main
+from glcan.lit.loggers import WandbOptions
 
 REPO = ROOT
 BASE = LOCAL_CONFIG
@@ -91,7 +91,7 @@ def test_disabled_leaves_no_wandb_dir(tmp_path, monkeypatch, how):
 
 def _runs() -> list[Run]:
     point = Point("local_k2_glcan_s0", 0, {"model.method": "local"}, "local", 2, "glcan", {})
-    summary = {"method": "local", "num_blocks": 2, "aux": "glcan", "seed": 0, "test_acc": 0.5,
+    summary = {"method": "local", "num_blocks": 2, "head": "glcan", "seed": 0, "test_acc": 0.5,
                "peak_memory_bytes": 3 * 2**20, "step_time_ms": 12.0, "memory_method": "test"}
     return [Run(point, "ok", summary)]
 

@@ -2,19 +2,18 @@
 
 The package is split by stage, each small enough to read at once:
 
-``grid``      the command line: ``--grid key=v1,v2`` / ``--seeds`` / ``--out``, the expanded
-              points (E2E deduplicated) and their run ids (``e2e_s0``, ``local_k4_glcan_s0``).
-``validate``  every grid value and pass-through option checked by the fit parser, before any
-              training, so a typo costs one line, not an hour.
-``runner``    the runs, sequentially and in-process (``GLCanCLI``), resumable: a run whose
-              ``summary.json`` exists is skipped.
-``results``   summary.json files -> ``comparison.csv`` rows and the per-configuration table.
-``report``    ``report.md`` and the terminal (rich) table.
-``plots``     ``acc_vs_memory.png``, ``block_acc.png``, ``loss_curves.png`` (matplotlib, Agg).
-``tracking``  one extra W&B run (job_type ``comparison``) with the table and a scatter plot.
-``cli``       ``main(argv)``, which ties them together.
+``grid``        the grid's points (E2E deduplicated) and their run ids
+                (``e2e_s0``, ``local_k4_glcan_s0``).
+``runner``      the runs, sequentially and in-process, resumable: a run whose ``summary.json``
+                exists is skipped, an interrupted one continues from its ``last.ckpt``.
+``results``     summary.json files -> ``comparison.csv`` rows and the per-configuration table.
+``report``      ``report.md`` and the terminal (rich) table.
+``plots``       ``acc_vs_memory.png``, ``block_acc.png``, ``loss_curves.png`` (matplotlib, Agg).
+``tracking``    one extra W&B run (job_type ``comparison``) with the table and a scatter plot.
+``comparison``  one comparison start to finish; the runs are trained by the ``fit`` the
+                command layer hands in (glcan.cli.compare parses the command line).
 """
 
-from glcan.compare.grid import CompareError, Plan, Point, parse_args
+from glcan.compare.grid import CompareError, Options, Plan, Point, expand
 
-__all__ = ["CompareError", "Plan", "Point", "parse_args"]
+__all__ = ["CompareError", "Options", "Plan", "Point", "expand"]

@@ -31,7 +31,7 @@ def styles(groups: list[Group]) -> dict[str, dict[str, Any]]:
         elif g.method != "local":
             out[g.config_id] = {"color": "dimgray", "marker": "P", "size": 150}
         else:
-            out[g.config_id] = {"color": PALETTE[n % len(PALETTE)], "marker": MARKERS.get(str(g.aux), "v"), "size": 80}
+            out[g.config_id] = {"color": PALETTE[n % len(PALETTE)], "marker": MARKERS.get(str(g.head), "v"), "size": 80}
             n += 1
     return out
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from glcan.compare.results import Group, Run
+from glcan.io import write_text
 
-HEADERS = ["method", "K", "aux", "seeds", "test acc (%)", "per-block acc (%)", "peak mem (MiB)",
+HEADERS = ["method", "K", "head", "seeds", "test acc (%)", "per-block acc (%)", "peak mem (MiB)",
            "measured by", "mem / E2E", "step (ms)", "time / E2E"]
 
 
@@ -41,7 +42,7 @@ def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
         local = g.method == "local"
         n_ok, n = len(g.ok), len(g.runs)
         rows.append([
-            g.method, str(g.num_blocks) if local else "—", str(g.aux) if local else "—",
+            g.method, str(g.num_blocks) if local else "—", str(g.head) if local else "—",
             *[g.extras.get(k, "—") for k in extra_keys],
             str(n) if n_ok == n else f"{n_ok} of {n}", acc, blocks, _num(g.memory_mib()),
             short_method(g.memory_method()), _num(g.ratio("memory"), ".2f", "×"), _num(g.step_ms()),
@@ -120,9 +121,7 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     lines += ["", "## Reproduce", "", "```", command, "```"]
     lines += [f"- {n}" for n in notes or []]
     lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in (info or machine()).items()]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -139,7 +138,7 @@ def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None
         caption += f" Memory measured by: {methods.pop()}."
     t = Table(title=f"Comparison {cid}", caption=caption)
     for h in headers:
-        t.add_column(h, justify="left" if h in ("method", "aux", "measured by") else "right", no_wrap=h != "measured by")
+        t.add_column(h, justify="left" if h in ("method", "head", "measured by") else "right", no_wrap=h != "measured by")
     for r in rows:
         bad = "missing" in r[headers.index("test acc (%)")] or " of " in r[headers.index("seeds")]
         t.add_row(*r, style="red" if bad else None)

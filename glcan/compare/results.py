@@ -9,7 +9,6 @@ taken to the E2E configuration with the same other grid values.
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, Optional
 
 from glcan.compare.grid import STRUCTURAL, Point
 from glcan.compare.runner import SUMMARY, Outcome, run_dir
+from glcan.io import write_csv as write_csv_file
 
 MIB = 2**20
 
@@ -37,7 +37,7 @@ class Group:
     config_id: str
     method: str
     num_blocks: Optional[int]
-    aux: Optional[str]
+    head: Optional[str]
     extras: dict[str, str]
     runs: list[Run] = field(default_factory=list)
     ref: Optional["Group"] = None  # the E2E group to compare with
@@ -52,7 +52,7 @@ class Group:
     @property
     def label(self) -> str:
         if self.method == "local":
-            text = f"local K={self.num_blocks} {self.aux}"
+            text = f"local K={self.num_blocks} {self.head}"
         else:
             text = "E2E" if self.method == "e2e" else "E2E (checkpointed)" if self.method == "e2e_checkpoint" else self.method
         return text + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in self.extras.items())
@@ -117,7 +117,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[str, Group] = {}
     for r in runs:
         p = r.point
-        g = groups.setdefault(p.config_id, Group(p.config_id, p.method, p.num_blocks, p.aux, p.extras))
+        g = groups.setdefault(p.config_id, Group(p.config_id, p.method, p.num_blocks, p.head, p.extras))
         g.runs.append(r)
     e2e = [g for g in groups.values() if g.method == "e2e"]
     for g in groups.values():
@@ -147,10 +147,5 @@ def write_csv(path: Path, runs: list[Run], grid_keys: list[str]) -> Path:
             row["error"] = r.error
         rows.append(row)
         columns += [c for c in row if c not in columns]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv_file(path, rows, columns)
     return path

@@ -1,10 +1,12 @@
 """Run the points one after another, in this process, and resume where a previous call stopped.
 
-Each point is ``GLCanCLI(args=["fit", *fixed, *overrides, "--seed_everything", seed,
-"--run_dir", out/runs/<id>, "--logger.group", comparison_id])``; the fit tests the model and
-writes ``summary.json`` atomically, so a run whose summary.json exists is complete and is
-skipped on the next call. A run directory without one is left from a failed or interrupted run:
-it is removed and the run starts again.
+Each point is ``fit(["--config", ..., *overrides, "--seed_everything", seed, "--run_dir",
+out/runs/<id>, "--logger.group", comparison_id])``, where ``fit`` is ``train.py fit`` handed in
+by the command layer. A fit tests the model and writes ``summary.json`` atomically, so a run
+whose summary.json exists is complete and is skipped on the next call. A run that was
+interrupted (a ``last.ckpt`` but no summary) continues from that checkpoint with
+``--ckpt_path last``; a run directory with neither is left from a run that never got going and
+is started again.
 
 Failure policy: a run that raises is reported (one line here, the traceback in
 ``runs/<id>/error.txt``) and the comparison **continues** with the other points; the report
@@ -27,6 +29,7 @@ from glcan.compare.grid import Point
 
 SUMMARY = "summary.json"
 ERROR = "error.txt"
+LAST = Path("checkpoints") / "last.ckpt"
 
 
 @dataclass
@@ -52,23 +55,19 @@ def finish_wandb(exit_code: int = 0) -> None:
         pass
 
 
-def fit_args(point: Point, fixed: list[str], out: Path, comparison_id: str) -> list[str]:
-    return ["fit", *fixed, *point.args(), "--seed_everything", str(point.seed),
-            "--run_dir", str(run_dir(out, point)), "--logger.group", comparison_id]
-
-
-def _fit(args: list[str]) -> None:
-    from glcan.cli import GLCanCLI
-
-    GLCanCLI(args=args)
+def fit_args(point: Point, fixed: list[str], out: Path, comparison_id: str, resume: bool = False) -> list[str]:
+    return [*fixed, *point.args(), "--seed_everything", str(point.seed), "--run_dir", str(run_dir(out, point)),
+            "--logger.group", comparison_id, *(["--ckpt_path", "last"] if resume else [])]
 
 
 def run_all(
-    points: list[Point], fixed: list[str], out: Path, comparison_id: str,
-    say: Callable[[str], None] = print, fit: Optional[Callable[[list[str]], None]] = None,
+    points: list[Point], fixed: list[str], out: Path, comparison_id: str, fit: Callable[[list[str]], int],
+    say: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Run every point not already complete; return one outcome per point, in order."""
-    fit = fit or _fit  # looked up now, so that tests can patch runner._fit
+    """Run every point not already complete; return one outcome per point, in order.
+
+    ``fit(args)`` trains one run and returns its exit status (130: interrupted).
+    """
     done = [p for p in points if (run_dir(out, p) / SUMMARY).is_file()]
     if done:
         say(f"skipping {len(done)} complete run(s) (summary.json exists): {', '.join(p.run_id for p in done)}")
@@ -80,21 +79,26 @@ def run_all(
             outcomes[id(point)] = Outcome(point, "not run")
             continue
         rd = run_dir(out, point)
-        if rd.exists():
-            say(f"{point.run_id}: removing the incomplete run directory left by an earlier call")
+        resume = (rd / LAST).is_file()
+        if resume:
+            say(f"{point.run_id}: resuming the interrupted run from {rd / LAST}")
+        elif rd.exists():
+            say(f"{point.run_id}: removing the run directory of a run that never saved a checkpoint")
             shutil.rmtree(rd)
-        args = fit_args(point, fixed, out, comparison_id)
-        say(f"[{n}/{len(todo)}] {point.run_id}: {' '.join(args[1:])}")
+        (rd / ERROR).unlink(missing_ok=True)
+        args = fit_args(point, fixed, out, comparison_id, resume)
+        say(f"[{n}/{len(todo)}] {point.run_id}: {' '.join(args)}")
         start, code = time.perf_counter(), 0
         try:
-            fit(args)
-            if (rd / SUMMARY).is_file():
+            status = fit(args)
+            if status == 130:
+                outcome, stopped, code = Outcome(point, "interrupted", "stopped (resumable from its last.ckpt)"), True, 1
+            elif (rd / SUMMARY).is_file():
                 outcome = Outcome(point, "ok")
             else:
-                outcome = Outcome(point, "failed", "the run ended without writing summary.json")
+                outcome = Outcome(point, "failed", f"the run ended (status {status}) without writing summary.json")
                 code = 1
         except (KeyboardInterrupt, SystemExit) as e:
-            # Lightning turns Ctrl+C into SystemExit(1) after a graceful shutdown.
             outcome, stopped, code = Outcome(point, "interrupted", f"stopped ({type(e).__name__})"), True, 1
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after one
         except Exception as e:  # noqa: BLE001 - one failed point must not lose the others

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from glcan.compare.results import MIB, Run
-from glcan.loggers import WandbOptions, wandb_mode
+from glcan.lit.loggers import WandbOptions, wandb_mode
 
-COLUMNS = ["run_id", "method", "num_blocks", "aux", "seed", "test_acc", "peak_memory_mib", "step_time_ms", "memory_method"]
+COLUMNS = ["run_id", "method", "num_blocks", "head", "seed", "test_acc", "peak_memory_mib", "step_time_ms", "memory_method"]
 
 
 def options_of(cfg_logger: Any) -> WandbOptions:
@@ -41,14 +41,18 @@ def table_rows(runs: list[Run]) -> list[list[Any]]:
         if s is None:
             continue
         mem = s.get("peak_memory_bytes")
-        rows.append([r.point.run_id, s.get("method"), s.get("num_blocks"), s.get("aux") or "none", s.get("seed"),
+        rows.append([r.point.run_id, s.get("method"), s.get("num_blocks"), s.get("head") or "none", s.get("seed"),
                      s.get("test_acc"), None if mem is None else mem / MIB, s.get("step_time_ms"), s.get("memory_method")])
     return rows
 
 
 def log_comparison(out: Path, cid: str, options: WandbOptions, runs: list[Run], plots: list[str],
-                   config: dict[str, Any]) -> Optional[str]:
-    """Log the comparison run; return its local directory (None when off or failed)."""
+                   config: dict[str, Any], run_id: Optional[str] = None) -> Optional[str]:
+    """Log the comparison run; return its local directory (None when off or failed).
+
+    ``run_id`` is kept in comparison.json: a resumed comparison updates the same W&B run, so
+    its group holds one comparison run however often the command was rerun.
+    """
     mode = wandb_on(options)
     if mode is None:
         return None
@@ -59,7 +63,7 @@ def log_comparison(out: Path, cid: str, options: WandbOptions, runs: list[Run], 
             warnings.simplefilter("ignore")
             run = wandb.init(project=options.project, group=cid, job_type="comparison", name=f"{cid}/comparison",
                              dir=str(out), mode=mode, config=config, tags=["comparison", *options.tags],
-                             reinit="finish_previous")
+                             reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
         table = wandb.Table(columns=COLUMNS, data=table_rows(runs))
         run.log({
             "comparison/runs": table,

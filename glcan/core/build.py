@@ -15,9 +15,12 @@ from torch import nn
 from glcan.core.network import CheckpointedSequential, SplitNetwork
 from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundaries, check_num_blocks, uniform_boundaries
 from glcan.heads import ModuleHead, build_head
-from glcan.models import Backbone, build_backbone
+from glcan.backbones import Backbone, build_backbone
 
 METHODS = ("e2e", "e2e_checkpoint", "local")
+
+#: ``memory_split(units, unit_output_shapes, num_blocks) -> boundaries``
+MemorySplit = Callable[[Sequence[nn.Module], Sequence[tuple[int, ...]], int], list[int]]
 
 
 @torch.no_grad()
@@ -43,19 +46,19 @@ def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list
 
 
 def make_heads(
-    aux: str,
+    head: str,
     shapes: Sequence[tuple[int, ...]],
     boundaries: Sequence[int],
     num_classes: int,
     image_shape: Sequence[int],
-    aux_kwargs: Optional[dict[str, Any]] = None,
+    head_kwargs: Optional[dict[str, Any]] = None,
 ) -> list[nn.Module]:
-    """One head of kind ``aux`` on the output of every block."""
+    """One head of kind ``head`` on the output of every block."""
     ranges = block_ranges(boundaries, len(shapes))
     return [
         build_head(
-            aux, tuple(shapes[last - 1]), num_classes, image_shape=tuple(image_shape),
-            block_index=k, num_blocks=len(ranges), **(aux_kwargs or {}),
+            head, tuple(shapes[last - 1]), num_classes, image_shape=tuple(image_shape),
+            block_index=k, num_blocks=len(ranges), **(head_kwargs or {}),
         )
         for k, (_, last) in enumerate(ranges)
     ]
@@ -64,7 +67,8 @@ def make_heads(
 def resolve_boundaries(
     split: SplitSpec, num_units: int, num_blocks: int, memory_split: Optional[Callable[[int], list[int]]] = None
 ) -> list[int]:
-    """Turn a split spec into boundaries. ``memory_split(K)`` places them by predicted memory."""
+    """Turn a split spec into boundaries. ``memory_split(K)`` places them by predicted memory
+    (the caller hands it in: the costs come from glcan.memory, which builds on this package)."""
     if isinstance(split, str):
         check_num_blocks(num_units, num_blocks)
         if split == "uniform":
@@ -88,12 +92,11 @@ def as_backbone(spec: Any, num_classes: int, image_shape: Sequence[int], small_i
     For a user's units the E2E classifier is global average pooling + a linear layer on the
     last unit's output (the ``linear`` head), whose shape is found by probing.
     """
+    if isinstance(spec, dict) and "class_path" in spec:  # as a checkpoint records a config's class_path
+        factory = _import(str(spec["class_path"]))
+        return as_backbone(factory(**(spec.get("init_args") or {})), num_classes, image_shape, small_input)
     if isinstance(spec, str) and "." in spec:  # a dotted name: your function that returns the units
-        module_name, _, attr = spec.rpartition(".")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"model.backbone {spec!r} cannot be imported: {e}") from None
+        factory = _import(spec)
         return as_backbone(factory() if callable(factory) else factory, num_classes, image_shape, small_input)
     if isinstance(spec, str):
         return build_backbone(spec, num_classes, in_channels=image_shape[0], small_input=small_input)
@@ -111,31 +114,41 @@ def as_backbone(spec: Any, num_classes: int, image_shape: Sequence[int], small_i
     )
 
 
+def _import(dotted: str) -> Any:
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"model.backbone {dotted!r} cannot be imported: {e}") from None
+
+
 def build_network(
     backbone: Backbone,
     method: str,
     *,
     num_blocks: int,
     split: SplitSpec,
-    aux: str,
-    aux_kwargs: Optional[dict[str, Any]],
+    head: str,
+    head_kwargs: Optional[dict[str, Any]],
     num_classes: int,
     image_shape: Sequence[int],
-    batch_size: int,
+    memory_split: Optional[MemorySplit] = None,
 ) -> SplitNetwork:
     """The network a method trains: E2E keeps one block and the backbone's own classifier;
-    local learning cuts the units into ``num_blocks`` blocks and puts an ``aux`` head on each."""
+    local learning cuts the units into ``num_blocks`` blocks and puts a ``head`` on each.
+
+    ``memory_split(units, shapes, K)`` places the boundaries for ``split="memory"`` (uniform
+    when it is not given).
+    """
     if method not in METHODS:
         raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
     boundaries: list[int] = []
     heads: list[nn.Module] = []
     if method == "local":
-        from glcan.memory.split import memory_split_fn  # late: glcan.memory builds on glcan.core
-
         shapes = probe_shapes(backbone.units, image_shape)
-        by_memory = memory_split_fn(backbone.units, shapes, aux, aux_kwargs, num_classes, image_shape, batch_size)
+        by_memory = None if memory_split is None else (lambda k: memory_split(backbone.units, shapes, k))
         boundaries = resolve_boundaries(split, len(shapes), num_blocks, by_memory)
-        heads = make_heads(aux, shapes, boundaries, num_classes, image_shape, aux_kwargs)
+        heads = make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)
     units = list(backbone.units)
     if method == "e2e":
         return SplitNetwork([nn.Sequential(*units)], [ModuleHead(backbone.classifier)])

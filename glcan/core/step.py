@@ -6,9 +6,9 @@ graph is freed) before block k+1's forward starts. That ordering is the whole me
 summing the K losses into one backward gives the same gradients but keeps every block's
 activations alive at once, which saves nothing.
 
-The function is plain PyTorch so that the LightningModule, the memory predictor and the
-pipeline workers all run exactly the same step; each passes in how to backward and how to
-step an optimizer.
+Everything here is plain PyTorch, so the LightningModule, the pipeline workers, the memory
+predictor and the pipeline's timing probe all run exactly the same step and the same block
+update; each only says how to backward and how to step an optimizer.
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ def local_step(
 
     Args:
         net: the blocks and their heads.
-        x: the input batch; y: its labels.
-        step: ``step(k)`` clips, steps and zeroes block k's optimizer (it owns block k and head k).
+        x: the input batch; y: its targets.
+        step: ``step(k)`` updates block k and head k (a :class:`BlockUpdate`).
         backward: how to backpropagate a loss (Lightning's ``manual_backward`` in training).
-        on_phase: called as ``on_phase("block", k)`` before block k runs, so a memory meter can
-            tell which block sets the peak.
+        on_phase: called as ``on_phase("block", k)`` before block k runs, so a meter can tell
+            which block sets the peak, or a timer what each block costs.
         blocks: the block indices to run (a pipeline worker owns a contiguous range); the
             first one's input is ``x``. Default: all.
 
     Returns:
-        ``[(loss, logits), ...]`` per block run, both detached.
+        ``[(loss, output), ...]`` per block run, both detached.
     """
     results = []
     h = x
@@ -58,10 +58,10 @@ def local_step(
         if on_phase is not None:
             on_phase("block", k)
         h = net.blocks[k](h.detach())  # stop-gradient: loss k never reaches block k-1
-        loss, logits = net.heads[k].loss(h, y, x)
+        loss, out = net.heads[k].loss(h, y, x)
         backward(loss)  # block k's graph is freed here, before block k+1 runs
         step(k)
-        results.append((loss.detach(), logits.detach()))
+        results.append((loss.detach(), out.detach()))
     return results
 
 
@@ -71,3 +71,57 @@ def e2e_loss(net: SplitNetwork, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     for block in net.blocks:
         h = block(h)
     return net.heads[-1].loss(h, y, x)
+
+
+def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the gradient norm of the parameters one optimizer updates (plain PyTorch)."""
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_norm)
+
+
+class BlockUpdate:
+    """Clip, step and zero block k's optimizer: the one update every path applies.
+
+    Zeroing right after the step frees block k's gradients before block k+1 runs, which is
+    part of the memory saving. Lightning passes its own ``clip`` (precision-aware) and
+    ``step`` (it counts only one optimizer step per batch); elsewhere plain PyTorch is used.
+
+    Args:
+        optimizers: one per block, indexed by block.
+        clip_val: clip each block's gradient norm to this value (None: no clipping).
+        clip: ``clip(optimizer, clip_val)``; default :func:`clip_grad_norm`.
+        step: ``step(optimizer, k)``; default ``optimizer.step()``.
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], clip_val: Optional[float] = None,
+                 clip: Optional[Callable[[torch.optim.Optimizer, float], None]] = None,
+                 step: Optional[Callable[[torch.optim.Optimizer, int], None]] = None) -> None:
+        self.optimizers, self.clip_val = optimizers, clip_val
+        self._clip = clip or clip_grad_norm
+        self._step = step or (lambda opt, k: opt.step())
+
+    def __call__(self, k: int) -> None:
+        opt = self.optimizers[k]
+        if self.clip_val:
+            self._clip(opt, self.clip_val)
+        self._step(opt, k)
+        opt.zero_grad(set_to_none=True)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A block's loss became NaN or infinite; the message names the block and the step."""
+
+
+def check_finite(losses: Sequence[torch.Tensor], step: int, blocks: Optional[Sequence[int]] = None) -> None:
+    """Raise :class:`NonFiniteLoss` naming the first block whose loss is not finite.
+
+    One check per batch, not per block: on a GPU each check waits for the device.
+    """
+    finite = torch.isfinite(torch.stack([loss.float() for loss in losses]))
+    if bool(finite.all()):
+        return
+    i = int((~finite).nonzero()[0, 0])
+    k = blocks[i] if blocks is not None else i
+    raise NonFiniteLoss(
+        f"the loss of block {k} is {float(losses[i])} at step {step}: training stopped and the last checkpoint "
+        "was kept; lower the learning rate (model.optimizer.lr), clip gradients (model.gradient_clip_val) "
+        "or use trainer.precision 32-true")

@@ -13,15 +13,17 @@ a local-learning run comparable step by step.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from glcan.data import folder, mnist5k, vision
 from glcan.data.errors import DataError, check_args
 from glcan.data.sampler import EpochSeededSampler
+from glcan.data.transforms import pipelines
 
 DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake"]
 
@@ -55,6 +57,7 @@ class GLCanDataModule(L.LightningDataModule):
         download: bool = False,
         val_fraction: float = 0.1,
         augment: bool = True,
+        hflip: Optional[bool] = None,
         fake_size: int = 512,
         fake_num_classes: int = 10,
     ) -> None:
@@ -79,8 +82,11 @@ class GLCanDataModule(L.LightningDataModule):
             val_fraction: Share of the training set held out for validation (torchvision
                 datasets), or for each of val and test (a single folder tree). mnist5k has a
                 fixed split.
-            augment: Training augmentation: random crop + horizontal flip (no flip for svhn;
-                RandomResizedCrop for folder). mnist5k and fake are never augmented.
+            augment: Training augmentation by image size: up to 64 px, pad and random crop (the
+                CIFAR recipe); larger, RandomResizedCrop (ImageNet's). mnist5k and fake are
+                never augmented.
+            hflip: Random horizontal flips in training. None: the dataset's choice (on for
+                cifar10/100, stl10 and folder; off for svhn digits). Turn off for digits and text.
             fake_size: Training images of fake; its val and test sets have fake_size // 4 each.
             fake_num_classes: Classes of fake.
         """
@@ -92,6 +98,9 @@ class GLCanDataModule(L.LightningDataModule):
         self.name, self.root, self.batch_size, self.num_workers = name, str(root), batch_size, num_workers
         self.image_size, self.seed, self.download, self.val_fraction = image_size, seed, download, val_fraction
         self.augment, self.fake_size, self.fake_num_classes = augment, fake_size, fake_num_classes
+        self.hflip = hflip
+        self.predict_root: Optional[str] = None  # predict reads images here (default: root)
+        self.predict_files: list = []
         self.classes: Optional[tuple[str, ...]] = None
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
@@ -128,7 +137,7 @@ class GLCanDataModule(L.LightningDataModule):
         if self.name == "mnist5k":
             sets: dict[str, Dataset] = mnist5k.build(self.seed, self.image_size)
         elif self.name in vision.SPECS:
-            args = (self.seed, self.val_fraction, self.image_size, self.augment)
+            args = (self.seed, self.val_fraction, self.image_size, self.augment, self.hflip)
             try:
                 sets = vision.build(self.name, self.root, False, *args)
             except DataError:
@@ -140,7 +149,7 @@ class GLCanDataModule(L.LightningDataModule):
         else:
             assert self.classes is not None
             sets = folder.build(self.root, list(self.classes), self.seed, self.val_fraction, self.image_size,
-                                self.augment)
+                                self.augment, True if self.hflip is None else self.hflip)
         self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -166,3 +175,28 @@ class GLCanDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test_set", shuffle=False)
+
+    # ---------------------------------------------------------------- predict and check
+    def eval_transform(self) -> Callable:
+        """What turns one image file (PIL) into the model's input: the evaluation pipeline."""
+        size = self.image_shape[1]
+        if self.name == "mnist5k":
+            inner = T.Resize((mnist5k.NATIVE_SIZE, mnist5k.NATIVE_SIZE)) if size == mnist5k.DEFAULT_SIZE else T.Resize((size, size))
+            pad = [T.Pad(2)] if size == mnist5k.DEFAULT_SIZE else []
+            return T.Compose([T.Grayscale(1), inner, *pad, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return pipelines(size, self.mean, self.std, augment=False, hflip=False)[1]
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every image under ``predict_root`` (default ``root``), sorted, through
+        :meth:`eval_transform`; the files are in ``predict_files``, in the loader's order."""
+        self.predict_files = folder.list_images(self.predict_root or self.root)
+        dataset = folder.ImageList([(str(f), 0) for f in self.predict_files], self.eval_transform(), rgb=self.in_channels == 3)
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def check(self) -> tuple[int, list[tuple[str, str]]]:
+        """Read every image of every split once: (images read, [(path, what is wrong), ...])."""
+        if self.name != "folder":
+            return 0, []
+        self.setup()
+        samples = {s for ds in (self.train_set, self.val_set, self.test_set) for s in ds.samples}  # type: ignore[union-attr]
+        return len(samples), folder.broken_images(sorted(samples))

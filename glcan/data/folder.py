@@ -10,8 +10,10 @@ data is loaded. The full walk over the images happens in ``setup``.
 
 Every user mistake ends as one ``DataError`` line that names the path: a missing root, a file
 instead of a folder, no class folders, a class folder without images, a single class, a
-corrupted image. Images are checked lazily: opening a million files up front would cost
-minutes, so the loader turns a PIL failure into ``DataError`` when the image is first read.
+corrupted image. Training reads images lazily (opening a million files up front would cost
+minutes) and turns a PIL failure into ``DataError`` when the image is first read; to find every
+broken image before a long run, ``python train.py check-data --config X`` reads each one once
+and lists them all.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from typing import Any, Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from glcan.data.errors import DataError
+from glcan.data.transforms import pipelines
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet
 STD = (0.229, 0.224, 0.225)
@@ -103,11 +105,41 @@ def list_samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     return samples
 
 
-def load_image(path: str) -> Image.Image:
-    """The image at ``path`` as RGB, or a one-line ``DataError`` naming the file."""
+def shuffled(samples: list, seed: int) -> list:
+    """``samples`` in a fixed order drawn from ``seed`` (evaluation sets: every class early on)."""
+    perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [samples[i] for i in perm]
+
+
+def list_images(root: str) -> list[Path]:
+    """Every image under ``root`` (any depth, sorted): what ``predict`` reads."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.root '{root}' is not a folder of images")
+    files = sorted(Path(d) / f for d, dirs, fs in os.walk(path, followlinks=True) for f in fs if _is_image(f)
+                   and not any(part.startswith(".") for part in Path(d).relative_to(path).parts))
+    if not files:
+        raise DataError(f"data.root '{root}' contains no images ({', '.join(_EXTENSIONS[:6])}, ...)")
+    return files
+
+
+def broken_images(samples: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """(path, reason) of every image that cannot be read: each file is opened and decoded once."""
+    bad = []
+    for path, _ in samples:
+        try:
+            load_image(path)
+        except DataError as e:
+            bad.append((path, str(e).split(": ", 1)[-1]))
+    return bad
+
+
+def load_image(path: str, rgb: bool = True) -> Image.Image:
+    """The image at ``path`` (as RGB unless ``rgb`` is false), or a one-line ``DataError`` naming the file."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return image.convert("RGB") if rgb else image.copy()
     except UnidentifiedImageError as e:
         raise DataError(f"cannot read image '{path}': not a recognised image format") from e
     except Exception as e:  # truncated files, decoder errors, decompression bombs, permissions
@@ -118,30 +150,25 @@ def load_image(path: str) -> Image.Image:
 class ImageList(Dataset):
     """(path, class index) pairs read with ``load_image`` and ``transform`` on access."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], Any]) -> None:
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], Any], rgb: bool = True) -> None:
+        self.samples, self.transform, self.rgb = samples, transform, rgb
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, target = self.samples[index]
-        return self.transform(load_image(path)), target
-
-
-def transforms(image_size: int, augment: bool) -> tuple[Callable, Callable]:
-    """(train, eval): RandomResizedCrop + flip; Resize(size * 256/224) + CenterCrop. ImageNet stats."""
-    tail = [T.ToTensor(), T.Normalize(MEAN, STD)]
-    plain = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size)] + tail)
-    if not augment:
-        return plain, plain
-    return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] + tail), plain
+        return self.transform(load_image(path, self.rgb)), target
 
 
 def build(root: str, classes: list[str], seed: int, val_fraction: float, image_size: int | None,
-          augment: bool) -> dict[str, Dataset]:
-    """``{"train", "val", "test"}`` ImageLists for either layout (see the module docstring)."""
-    train_tf, eval_tf = transforms(image_size or DEFAULT_SIZE, augment)
+          augment: bool, hflip: bool = True) -> dict[str, Dataset]:
+    """``{"train", "val", "test"}`` ImageLists for either layout (see the module docstring).
+
+    Validation and test images come in a fixed shuffled order (seeded), so that a quick check
+    on the first batches sees every class, not the first class folder only.
+    """
+    train_tf, eval_tf = pipelines(image_size or DEFAULT_SIZE, MEAN, STD, augment, hflip)
     parts = layout(root)
     if "all" in parts:
         samples = list_samples(parts["all"], classes)
@@ -150,10 +177,10 @@ def build(root: str, classes: list[str], seed: int, val_fraction: float, image_s
         if n - 2 * n_val < 1:
             raise DataError(f"data.root '{root}' has only {n} images: too few to split into train/val/test")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        pick = lambda idx: [samples[i] for i in sorted(idx)]  # noqa: E731
-        train, val, test = pick(perm[2 * n_val:]), pick(perm[:n_val]), pick(perm[n_val:2 * n_val])
+        train = [samples[i] for i in sorted(perm[2 * n_val:])]
+        val, test = [samples[i] for i in perm[:n_val]], [samples[i] for i in perm[n_val:2 * n_val]]
     else:
         train = list_samples(parts["train"], classes)
-        val = list_samples(parts["val"], classes)
-        test = list_samples(parts["test"], classes) if "test" in parts else val
+        val = shuffled(list_samples(parts["val"], classes), seed)
+        test = shuffled(list_samples(parts["test"], classes), seed) if "test" in parts else val
     return {"train": ImageList(train, train_tf), "val": ImageList(val, eval_tf), "test": ImageList(test, eval_tf)}

@@ -57,7 +57,8 @@ def split_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
     """Stratified train/val/test row indices: per class, 50 test, 50 val and the rest train.
 
     Each class's rows are permuted with ``numpy.random.default_rng(seed)``, so the split is the
-    same for the same seed on every machine. Indices come back sorted.
+    same for the same seed on every machine. Training indices come back sorted (the sampler
+    shuffles them); validation and test indices in a fixed shuffled order.
     """
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
@@ -66,7 +67,9 @@ def split_indices(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
         test.append(rows[:TEST_PER_CLASS])
         val.append(rows[TEST_PER_CLASS : TEST_PER_CLASS + VAL_PER_CLASS])
         train.append(rows[TEST_PER_CLASS + VAL_PER_CLASS :])
-    return tuple(np.sort(np.concatenate(parts)) for parts in (train, val, test))  # type: ignore[return-value]
+    # The file is ordered by class: sorted, the first test batch would hold digits 0 and 1 only
+    # and a quick check (limit_test_batches) would report nonsense. Shuffled, in a fixed order.
+    return np.sort(np.concatenate(train)), rng.permutation(np.concatenate(val)), rng.permutation(np.concatenate(test))
 
 
 def to_images(pixels: np.ndarray, image_size: int) -> torch.Tensor:

@@ -21,13 +21,21 @@ class EpochSeededSampler(Sampler[int]):
 
     def __init__(self, data_source: Sized, seed: int = 0) -> None:
         self.data_source, self.seed, self.epoch = data_source, seed, 0
+        self._skip: tuple[int, int] = (-1, 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip(self, epoch: int, count: int) -> None:
+        """Leave out the first ``count`` indices of ``epoch``'s order, once (a resumed epoch)."""
+        self._skip = (epoch, count)
 
     def __len__(self) -> int:
         return len(self.data_source)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+        order = torch.randperm(len(self.data_source), generator=g).tolist()
+        if self._skip[0] == self.epoch:
+            order, self._skip = order[self._skip[1]:], (-1, 0)
+        return iter(order)

@@ -26,6 +26,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from glcan.data.errors import DataError
+from glcan.data.transforms import pipelines
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,14 @@ class VisionSpec:
     size: int  # native height = width
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    pad: int  # RandomCrop padding at the native size
     flip: bool  # horizontal flips keep the label (not for digits)
 
 
 SPECS: dict[str, VisionSpec] = {
-    "cifar10": VisionSpec("CIFAR10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True),
-    "cifar100": VisionSpec("CIFAR100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True),
-    "svhn": VisionSpec("SVHN", 10, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 4, False),
-    "stl10": VisionSpec("STL10", 10, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), 12, True),
+    "cifar10": VisionSpec("CIFAR10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
+    "cifar100": VisionSpec("CIFAR100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
+    "svhn": VisionSpec("SVHN", 10, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False),
+    "stl10": VisionSpec("STL10", 10, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True),
 }
 
 # Uniform noise on [0, 1]: mean 1/2, std 1/sqrt(12) ~ 0.2887, so normalised inputs have unit variance.
@@ -66,18 +66,6 @@ class Transformed(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, target = self.base[index]
         return self.transform(image), int(target)
-
-
-def transforms(spec: VisionSpec, image_size: int, augment: bool) -> tuple[Callable, Callable]:
-    """(train, eval) transforms: optional resize, RandomCrop + flip for training, normalise."""
-    resize = [T.Resize((image_size, image_size))] if image_size != spec.size else []
-    tail = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
-    plain = T.Compose(resize + tail)
-    if not augment:
-        return plain, plain
-    pad = max(1, round(spec.pad * image_size / spec.size))
-    aug = [T.RandomCrop(image_size, padding=pad)] + ([T.RandomHorizontalFlip()] if spec.flip else [])
-    return T.Compose(resize + aug + tail), plain
 
 
 def _first_line(e: BaseException) -> str:
@@ -111,10 +99,13 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 
 
 def build(name: str, root: str, download: bool, seed: int, val_fraction: float, image_size: int | None,
-          augment: bool) -> dict[str, Dataset]:
-    """``{"train", "val", "test"}``: seeded train/val split of the training set, official test split."""
+          augment: bool, hflip: bool | None = None) -> dict[str, Dataset]:
+    """``{"train", "val", "test"}``: seeded train/val split of the training set, official test split
+    (augmentation by image size: glcan.data.transforms)."""
     spec = SPECS[name]
-    train_tf, eval_tf = transforms(spec, image_size or spec.size, augment)
+    size = image_size or spec.size
+    train_tf, eval_tf = pipelines(size, spec.mean, spec.std, augment, spec.flip if hflip is None else hflip,
+                                  resize_small=size != spec.size)
     train_base = open_split(name, root, True, download)
     train_idx, val_idx = split_indices(len(train_base), val_fraction, seed)
     return {

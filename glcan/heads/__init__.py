@@ -13,9 +13,9 @@ from glcan.heads.registry import build_head, head_options, list_heads, register_
 from glcan.heads import baselines as _baselines  # noqa: E402,F401  isort: skip
 from glcan.heads import glcan as _glcan  # noqa: E402,F401  isort: skip
 from glcan.heads.baselines import DGLHead, InfoProHead, LinearHead  # noqa: E402  isort: skip
-from glcan.heads.glcan import GLCANHead  # noqa: E402  isort: skip
+from glcan.heads.glcan import GLCanHead  # noqa: E402  isort: skip
 
 __all__ = [
     "AuxHead", "ModuleHead", "ContextBlock", "build_head", "list_heads", "register_head", "head_options",
-    "GLCANHead", "LinearHead", "DGLHead", "InfoProHead",
+    "GLCanHead", "LinearHead", "DGLHead", "InfoProHead",
 ]

@@ -82,7 +82,7 @@ class _ReadOnce(torch.autograd.Function):
 
 
 @register_head("glcan")
-class GLCANHead(AuxHead):
+class GLCanHead(AuxHead):
     """Global-local auxiliary head: a pooled local path fused with a GCNet context path.
 
     Args:

@@ -1,4 +1,4 @@
-"""Auxiliary heads by name, so a config can say ``aux: dgl`` and ``aux_kwargs: {width: 64}``.
+"""Auxiliary heads by name, so a config can say ``head: dgl`` and ``head_kwargs: {width: 64}``.
 
 A factory (usually the head class itself) is called as
 ``factory(in_shape, num_classes, **options)``. The keywords that describe *where* the head

@@ -7,30 +7,24 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from glcan.memory.budget import BudgetChoice, BudgetError, choose_num_blocks
+from glcan.memory.predictor import fake_mode, predict
 
 
-def choose_for_budget(cls: type, args: dict[str, Any]) -> BudgetChoice:
+def choose_for_budget(cls: Any, args: dict[str, Any]) -> BudgetChoice:
     """Predict local training of ``cls(**args)`` for K = 1..num_units and keep the smallest K
-    that fits ``args["memory_budget"]``; print the choice beside E2E and E2E with checkpointing."""
-    from glcan.core.build import as_backbone
-    from glcan.memory.predictor import as_fake, fake_mode, predict
-
+    that fits ``args["memory_budget"]``; print the choice in one line."""
     if args.get("memory_budget") is None:
         raise BudgetError("model.num_blocks is 'auto' but model.memory_budget is not set (e.g. --model.memory_budget 4GiB)")
-    backbone = as_backbone(args["backbone"], args["num_classes"], args["image_shape"], args.get("small_input"))
     shape, batch = tuple(args["image_shape"]), args["batch_size"]
     precision = args.get("precision", "32-true")
 
-    def peak(method: str, k: int = 1) -> int:
-        def build() -> Any:
-            return cls(**{**args, "backbone": as_fake(backbone), "method": method, "num_blocks": k, "memory_budget": None})
+    def peak(k: int) -> int:
         with fake_mode():
+            build = lambda: cls.from_arguments(args, method="local", num_blocks=k, memory_budget=None)  # noqa: E731
             return predict(build, batch, shape, args["num_classes"], precision=precision).peak_bytes
 
-    choice = choose_num_blocks(lambda k: peak("local", k), backbone.num_units, args["memory_budget"])
-    gib = 2**30
-    rank_zero_info(
-        f"{choice.describe()}; E2E would need {peak('e2e') / gib:.3f} GiB, "
-        f"E2E with checkpointing {peak('e2e_checkpoint') / gib:.3f} GiB (predicted, batch {batch}, {precision})"
-    )
+    with fake_mode():
+        units = cls.from_arguments(args, method="e2e", num_blocks=1, memory_budget=None).net.blocks[0]
+    choice = choose_num_blocks(peak, len(units), args["memory_budget"])
+    rank_zero_info(choice.summary_line())
     return choice

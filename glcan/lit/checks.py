@@ -11,38 +11,55 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names it."""
 
 
-def describe(module: L.LightningModule) -> dict[str, Any]:
+def checkpoint_identity(module: Any) -> dict[str, Any]:
     """What must match between a checkpoint and the model it is loaded into."""
     h = module.hparams
     return {
         "method": h.method,
-        "arch": module.arch,
+        "backbone": module.backbone_name,
         "num_blocks": module.net.num_blocks,
         "boundaries": list(module.net.boundaries),
-        "aux": h.aux if h.method == "local" else None,
+        "head": h.head if module.is_local else None,
         "num_classes": h.num_classes,
+        "optimizer": module.optimizer_name,
     }
 
 
-def check_checkpoint_matches(module: L.LightningModule, checkpoint: dict) -> None:
-    """Refuse a checkpoint written for another network before its state dict is loaded."""
+def check_checkpoint_matches(module: Any, checkpoint: dict) -> None:
+    """Refuse a checkpoint written for another network (or optimizer) before its state is loaded."""
     saved = checkpoint.get("glcan")
     if saved is None:
         return  # not written by glcan: Lightning's own state-dict check applies
-    ours = describe(module)
-    diffs = [f"{key}={saved.get(key)!r} (config has {ours[key]!r})" for key in ours if saved.get(key) != ours[key]]
+    ours = checkpoint_identity(module)
+    diffs = [f"{key}={saved.get(key)!r} (config has {ours[key]!r})" for key in ours
+             if key in saved and saved.get(key) != ours[key]]
     if diffs:
         raise ConfigError("the checkpoint does not match the model config: it has " + ", ".join(diffs))
+
+
+def check_schedule_length(saved: list[dict], planned: Any, unit: str) -> None:
+    """Refuse to resume a fixed-length schedule (one-cycle, cosine) into a run of another length.
+
+    Such a schedule is a curve over the planned length: stretched mid-run it would jump. The
+    message says what to do instead.
+    """
+    for state in saved:
+        length = state.get("total_steps") or state.get("T_max")
+        if length and planned and int(length) != int(planned):
+            raise ConfigError(
+                f"the checkpoint's learning-rate schedule spans {length} {unit} but this run plans {planned}: "
+                "a one-cycle or cosine schedule cannot be stretched mid-run; resume with the trainer settings the "
+                "run started with (trainer.max_epochs / max_steps / limit_train_batches), or start a new run")
 
 
 def refuse_unsupported_precision(module: L.LightningModule) -> None:
     """16-mixed uses one GradScaler for all optimizers; with K block optimizers it would clip and
     step still-scaled gradients. bf16-mixed needs no scaler."""
     trainer = getattr(module, "_trainer", None)
-    if trainer is None or module.hparams.method != "local":
+    if trainer is None or not module.is_local:
         return
     if str(trainer.precision).startswith("16"):
         raise ConfigError(
-            f"trainer.precision={trainer.precision} is not supported with model.method=local "
+            f"trainer.precision={trainer.precision} is not supported with model.method={module.hparams.method} "
             "(one gradient scaler cannot serve K block optimizers); use bf16-mixed or 32-true"
         )

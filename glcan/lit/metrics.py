@@ -41,7 +41,7 @@ class BlockMetrics(nn.Module):
 
     def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
         """Log every block's (loss, logits) of one training batch; the last block is the network's."""
-        local, last = len(results) > 1 or module.hparams.method == "local", len(results) - 1
+        local, last = len(results) > 1 or module.is_local, len(results) - 1
         for k, (loss, logits) in enumerate(results):
             acc = self.acc("train")[k]
             acc(logits, y)
@@ -54,7 +54,7 @@ class BlockMetrics(nn.Module):
 
     def log_eval(self, module: L.LightningModule, stage: str, all_logits: list[torch.Tensor], y: torch.Tensor) -> None:
         """Log every head's accuracy on one validation/test batch."""
-        local, last = len(all_logits) > 1 or module.hparams.method == "local", len(all_logits) - 1
+        local, last = len(all_logits) > 1 or module.is_local, len(all_logits) - 1
         for k, logits in enumerate(all_logits):
             acc = self.acc(stage)[k]
             acc(logits, y)

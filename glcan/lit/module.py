@@ -9,6 +9,7 @@ optimizers and so manual optimization, with the step itself in ``glcan.core.step
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -16,18 +17,22 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from glcan.core.build import as_backbone, build_network
-from glcan.core.step import e2e_loss, local_step
+from glcan.core.step import BlockUpdate, check_finite, e2e_loss, local_step
 from glcan.lit.auto import choose_for_budget
-from glcan.lit.checks import check_checkpoint_matches, describe, refuse_unsupported_precision
+from glcan.lit.checks import (check_checkpoint_matches, check_schedule_length, checkpoint_identity,
+                              refuse_unsupported_precision)
 from glcan.lit.metrics import BlockMetrics
-from glcan.lit.optim import block_optimizers, optimizer_configs
+from glcan.lit.optim import (block_optimizers, factory_from_spec, factory_spec, optimizer_configs, optimizer_name,
+                             step_schedulers)
+from glcan.memory.costs import memory_split
+from glcan.memory.predictor import as_fake
 
-
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+#: What ``optimizer: null`` means: SGD with Nesterov momentum, the local-learning papers' choice.
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
 class GLCanModule(L.LightningModule):
@@ -35,30 +40,30 @@ class GLCanModule(L.LightningModule):
 
     Args:
         backbone: a registry name (``resnet20``, ``resnet110``, ``resnet50``, ``vgg16_bn``, ...) or
-            your own network: a ``glcan.models.Backbone``, an ``nn.Sequential`` or list of units,
-            or (from a config) ``class_path`` to a function that returns one, or its dotted name.
+            your own network: a ``glcan.backbones.Backbone``, an ``nn.Sequential`` or list of
+            units, or (from a config) ``class_path`` to a function that returns one.
         method: ``e2e``, ``e2e_checkpoint`` or ``local``.
-        num_blocks: K, the number of blocks in local mode (ignored by E2E).
+        num_blocks: K, the number of blocks in local mode (ignored by E2E); ``auto`` picks the
+            smallest K whose predicted peak fits ``memory_budget``.
         split: ``uniform`` (equal unit counts), ``memory`` (balance predicted training memory)
             or an explicit list: the unit index at which each block after the first starts.
-        aux: the auxiliary head of every block in local mode: ``glcan``, ``linear``, ``dgl``,
+        head: the auxiliary head of every block in local mode: ``glcan``, ``linear``, ``dgl``,
             ``infopro``. The last block's head is the network's classifier.
-        aux_kwargs: options passed to the head (e.g. ``{"pooling": "avg"}`` or ``{"lam": 0.5}``).
-        optimizer: built once per block in local mode, once for the network in E2E.
+        head_kwargs: options passed to the head (e.g. ``{"pooling": "avg"}`` or ``{"lam": 0.5}``).
+        optimizer: built once per block in local mode, once for the network in E2E
+            (default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4).
         scheduler: built once per optimizer; named ``lr/block{k}`` in local mode.
         scheduler_interval: step the schedulers every ``epoch`` or every ``step`` (batch).
         block_lr_scale: optional per-block learning-rate multipliers (length K).
         gradient_clip_val: clip each optimizer's gradient norm to this value (per block in
-            local mode). Use this instead of ``trainer.gradient_clip_val``, which Lightning
-            rejects under manual optimization.
+            local mode); use it instead of ``trainer.gradient_clip_val``.
         num_classes: set from the data module.
         image_shape: (C, H, W) of the input, set from the data module.
         batch_size: set from the data module; the memory split is computed at this batch size.
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
         memory_budget: with ``num_blocks: auto``, the GPU memory to fit (``4GiB``, ``12GB`` or
-            bytes): the smallest K whose predicted peak fits is chosen (see glcan.memory.budget).
-        precision: the precision that memory predictions (``num_blocks: auto``) assume; set it to
-            the same value as ``trainer.precision`` (``32-true`` or ``bf16-mixed``).
+            bytes).
+        precision: the precision memory predictions assume; linked from ``trainer.precision``.
     """
 
     def __init__(
@@ -67,9 +72,9 @@ class GLCanModule(L.LightningModule):
         method: Literal["e2e", "e2e_checkpoint", "local"] = "local",
         num_blocks: Union[int, Literal["auto"]] = 4,
         split: Union[Literal["uniform", "memory"], list[int]] = "memory",
-        aux: str = "glcan",
-        aux_kwargs: Optional[dict[str, Any]] = None,
-        optimizer: OptimizerCallable = _default_optimizer,
+        head: str = "glcan",
+        head_kwargs: Optional[dict[str, Any]] = None,
+        optimizer: Optional[OptimizerCallable] = None,
         scheduler: Optional[LRSchedulerCallable] = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         block_lr_scale: Optional[list[float]] = None,
@@ -82,78 +87,132 @@ class GLCanModule(L.LightningModule):
         precision: str = "32-true",
     ) -> None:
         super().__init__()
+        args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters and k != "self"}
+        self.init_arguments = dict(args)  # what rebuild() starts from (real objects, not their records)
         if method == "local" and num_blocks == "auto":
-            args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters and k != "self"}
             num_blocks = choose_for_budget(type(self), args).num_blocks
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "backbone"])
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self._backbone_spec = backbone  # kept to rebuild this model (memory predictor)
-        backbone = as_backbone(backbone, num_classes, image_shape, small_input)
-        self.arch = backbone.name  # not a hyperparameter: LightningCLI feeds those back as init args
-        self.net = build_network(backbone, method, num_blocks=num_blocks if method == "local" else 1, split=split,
-                                 aux=aux, aux_kwargs=aux_kwargs, num_classes=num_classes, image_shape=image_shape,
-                                 batch_size=batch_size)
+        # Recorded below, as plain values: a module object or a parser's callable is no record.
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self._record_hparams(backbone, optimizer, scheduler, num_blocks, image_shape)
+        self.optimizer_factory = factory_from_spec(optimizer, "model.optimizer") or DEFAULT_OPTIMIZER
+        self.scheduler_factory = factory_from_spec(scheduler, "model.scheduler")
+        built = as_backbone(backbone, num_classes, image_shape, small_input)
+        self.backbone_name = built.name
+        self.net = build_network(built, method, num_blocks=num_blocks if method == "local" else 1, split=split,
+                                 head=head, head_kwargs=head_kwargs, num_classes=num_classes, image_shape=image_shape,
+                                 memory_split=functools.partial(memory_split, head=head, head_kwargs=head_kwargs,
+                                                                num_classes=num_classes, image_shape=image_shape,
+                                                                batch_size=batch_size))
         if block_lr_scale is not None and len(block_lr_scale) != self.net.num_blocks:
             raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({self.net.num_blocks})")
         # torchmetrics deep-copies its state tensors, which FakeTensors do not survive (the memory
         # predictor builds this module under FakeTensorMode), so metrics are always real.
         with unset_fake_temporarily():
             self.metrics = BlockMetrics(self.net.num_blocks, num_classes)
-        self.automatic_optimization = method != "local"
+        self.automatic_optimization = not self.is_local
+        self._update: Optional[BlockUpdate] = None
 
-    def init_kwargs(self) -> dict[str, Any]:
-        """The arguments that rebuild this model (the predictor rebuilds it under FakeTensorMode)."""
-        params = inspect.signature(type(self).__init__).parameters
-        kwargs = {k: v for k, v in self.hparams.items() if k in params}
-        return {**kwargs, "backbone": self._backbone_spec, "optimizer": self.optimizer_factory,
-                "scheduler": self.scheduler_factory}
+    def _record_hparams(self, backbone: Any, optimizer: Any, scheduler: Any, num_blocks: Any, image_shape: Any) -> None:
+        """Make ``hparams`` a plain, safe record that rebuilds this model.
+
+        A checkpoint then describes itself: ``load_from_checkpoint(path)`` needs no arguments for
+        a registry backbone, and the optimizer class comes back with its state. A network given
+        as a module object is not recorded (pass it again: ``load_from_checkpoint(p, backbone=...)``;
+        the command line records a config's ``class_path`` itself).
+        """
+        h = self.hparams
+        for private in ("_instantiator", "_class_path"):
+            h.pop(private, None)
+        h["backbone"] = backbone if isinstance(backbone, (str, dict)) else None
+        h["optimizer"] = factory_spec(optimizer)
+        h["scheduler"] = factory_spec(scheduler)
+        h["num_blocks"] = num_blocks
+        h["image_shape"] = [int(s) for s in image_shape]
+
+    # ---------------------------------------------------------------- rebuilding
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any], **overrides: Any) -> "GLCanModule":
+        """The one way to rebuild a model from its init arguments, some changed.
+
+        Under FakeTensorMode (the memory predictor) a user's own network is copied as fake
+        tensors, so nothing is allocated and the original is not touched.
+        """
+        kwargs = {**arguments, **overrides}
+        spec = kwargs["backbone"]
+        if detect_fake_mode() is not None:
+            if isinstance(spec, nn.Module):
+                kwargs["backbone"] = as_fake(spec)
+            elif isinstance(spec, (list, tuple)):
+                kwargs["backbone"] = [as_fake(m) for m in spec]
+        return cls(**kwargs)
+
+    def rebuild(self, **overrides: Any) -> "GLCanModule":
+        """This model's config with some arguments changed (e.g. ``method="e2e"``), freshly built."""
+        return type(self).from_arguments(self.init_arguments, **overrides)
 
     @property
     def is_local(self) -> bool:
         return self.hparams.method == "local"
 
+    @property
+    def optimizer_name(self) -> Optional[str]:
+        return optimizer_name(self.optimizer_factory)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def deployable(self) -> nn.Sequential:
+        """The trained network as a plain ``nn.Module`` in eval mode: the blocks, then the last
+        head (the network's classifier); the other heads only served training. It needs no
+        glcan to run, and exports: ``torch.export.export(model.deployable(), (x,))``."""
+        return nn.Sequential(*[m for b in self.net.blocks for m in (b if isinstance(b, nn.Sequential) else [b])],
+                             self.net.heads[-1]).eval()
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
         x, y = batch
         if not self.is_local:
             loss, logits = e2e_loss(self.net, x, y)
+            check_finite([loss.detach()], self.global_step)  # before Lightning steps on it
             self.metrics.log_train(self, [(loss.detach(), logits.detach())], y)
             return loss
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        results = local_step(self.net, x, y, step=lambda k: self._block_step(optimizers, k), backward=self.manual_backward)
+        results = local_step(self.net, x, y, step=self._block_update(), backward=self.manual_backward)
+        check_finite([loss for loss, _ in results], self.global_step)
         self.metrics.log_train(self, results, y)
-        if self.hparams.scheduler_interval == "step":
-            self._step_schedulers()
+        step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "batch")
         return None
 
-    def _block_step(self, optimizers: list, k: int) -> None:
-        """Clip, step and zero block k's optimizer."""
-        opt = optimizers[k]
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
-        if k == len(optimizers) - 1:
-            opt.step()  # the one step per batch that Lightning counts in trainer.global_step
-        else:
-            # Lightning counts every LightningOptimizer.step() as a global step: K per batch would
-            # make max_steps, val_check_interval and checkpoint names K times too large. The
-            # strategy call below performs the same update, precision plugin included, uncounted.
-            self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
-        opt.zero_grad(set_to_none=True)  # frees block k's gradients before block k+1 runs
+    def _block_update(self) -> BlockUpdate:
+        if self._update is None:
+            optimizers = self.optimizers()
+            optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+            last = len(optimizers) - 1
 
-    def _step_schedulers(self) -> None:
+            def clip(opt: Any, val: float) -> None:
+                self.clip_gradients(opt, gradient_clip_val=val, gradient_clip_algorithm="norm")
+
+            def step(opt: Any, k: int) -> None:
+                if k == last:
+                    opt.step()  # the one step per batch that Lightning counts in trainer.global_step
+                else:
+                    # Lightning counts every LightningOptimizer.step() as a global step: K per batch
+                    # would make max_steps, val_check_interval and checkpoint names K times too large.
+                    # The strategy call performs the same update, precision plugin included, uncounted.
+                    self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
+
+            self._update = BlockUpdate(optimizers, self.hparams.gradient_clip_val, clip=clip, step=step)
+        return self._update
+
+    def on_train_start(self) -> None:
+        self._update = None  # the trainer's optimizers, fresh for every fit
+
+    def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return
-        for s in schedulers if isinstance(schedulers, list) else [schedulers]:
-            s.step()
+        return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
     def on_train_epoch_end(self) -> None:
-        if self.is_local and self.hparams.scheduler_interval == "epoch":
-            self._step_schedulers()
+        if self.is_local:
+            step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "epoch")
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
         # E2E path: the model's own setting, so both methods clip the same way.
@@ -165,9 +224,18 @@ class GLCanModule(L.LightningModule):
         """One optimizer per block (over the block and its head), or one for E2E."""
         return block_optimizers(self.net, self.optimizer_factory, self.hparams.block_lr_scale)
 
+    def schedule_length(self) -> Optional[int]:
+        """Scheduler steps in this run: batches (``scheduler_interval: step``) or epochs."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        if self.hparams.scheduler_interval == "step":
+            return int(trainer.estimated_stepping_batches)
+        return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+
     def configure_optimizers(self) -> Any:
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else None
-        return optimizer_configs(self.build_optimizers(), self.scheduler_factory, self.hparams.scheduler_interval, total)
+        return optimizer_configs(self.build_optimizers(), self.scheduler_factory, self.hparams.scheduler_interval,
+                                 self.schedule_length())
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Any, stage: str) -> None:
@@ -180,12 +248,20 @@ class GLCanModule(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Class probabilities of the deployed network (the last head)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return torch.softmax(self.net(x).float(), dim=1)
+
     # ---------------------------------------------------------------- checks
     def setup(self, stage: str) -> None:
         refuse_unsupported_precision(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["glcan"] = describe(self)
+        checkpoint["glcan"] = checkpoint_identity(self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_matches(self, checkpoint)
+        if self._trainer is not None and self.trainer.training:
+            unit = "batches" if self.hparams.scheduler_interval == "step" else "epochs"
+            check_schedule_length(checkpoint.get("lr_schedulers") or [], self.schedule_length(), unit)

@@ -1,134 +1,121 @@
-"""MemoryMeter: the peak memory of real training steps, recorded with every run.
+"""The peak memory of real training steps: one meter for one process and for pipeline workers.
 
 On CUDA it reads the caching allocator's own counters (``max_memory_allocated``, and
 ``max_memory_reserved`` beside it), reset when each block starts so that the block that sets
-the peak is known. Elsewhere (CPU, these machines and CI) it runs the exact tensor-level
-:class:`MemoryTracker` over a few steady-state steps; it slows those steps down, which is why
-it only measures a few, after a warm-up that creates the optimizer state.
+the peak is known. Elsewhere (CPU: these machines and CI) it runs the exact tensor-level
+:class:`~glcan.memory.tracker.MemoryTracker` around the step; the tracker slows the step
+down, which is why callers measure only a few steady-state steps.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator, Optional, Sequence
 
-import lightning as L
 import torch
 
+from glcan.core.network import SplitNetwork
 from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
 
 CPU_METHOD = "tensor-storage tracker (TorchDispatchMode, exact bytes of live tensors, CPU)"
 CUDA_METHOD = "torch.cuda.max_memory_allocated"
 
 
-class MemoryMeter(L.Callback):
-    """Measures training-step peak memory after ``warmup`` batches, over ``steps`` batches.
+class PeakMeter:
+    """Accumulates the peak of the training steps it measures.
 
     Args:
-        warmup: batches to skip first (the first creates gradients and optimizer state).
-        steps: batches measured; the reported peak is their maximum.
+        device: where the steps run.
+        blocks: the global index of each block of the networks it will see (a pipeline worker
+            measures its own blocks only); default ``0..K-1``.
     """
 
-    def __init__(self, warmup: int = 1, steps: int = 2) -> None:
-        self.warmup, self.steps = warmup, steps
+    def __init__(self, device: torch.device, blocks: Optional[Sequence[int]] = None) -> None:
+        self.device, self.blocks = device, list(blocks) if blocks is not None else None
+        self.method = CUDA_METHOD if device.type == "cuda" else CPU_METHOD
         self.peak_bytes: Optional[int] = None
         self.reserved_bytes: Optional[int] = None
-        self.parts: dict[str, int] = {}
-        self.block_peaks: list[int] = []
         self.peak_block: Optional[int] = None
-        self.method: Optional[str] = None
-        self.active = False
-        self._seen = 0
-        self._tracker: Optional[MemoryTracker] = None
-        self._watch: Any = None
-        self._cuda_hooks: list = []
-        self._cuda_phase = 0
+        self.block_peaks: dict[int, int] = {}
+        self.parts: dict[str, int] = {}
 
-    def _measuring(self) -> bool:
-        return self.warmup <= self._seen < self.warmup + self.steps
+    def _block(self, phase: Optional[int]) -> Optional[int]:
+        if phase is None or self.blocks is None:
+            return phase
+        return self.blocks[phase]
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if not self._measuring():
-            return
-        self.active = True
-        net = pl_module.net
-        self.block_peaks = self.block_peaks or [0] * net.num_blocks
-        if pl_module.device.type == "cuda":
-            self.method = CUDA_METHOD
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._cuda_phase = 0
-            self._cuda_hooks = [b.register_forward_pre_hook(self._cuda_block_start(k)) for k, b in enumerate(net.blocks)]
-            return
-        self.method = CPU_METHOD
-        self._tracker = MemoryTracker()
-        self._tracker.__enter__()
-        optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
-        self._watch = watch_network(self._tracker, net, optimizers)
-        self._watch.__enter__()
-        self._tracker.register([t for t in _tensors(batch)], "input")
-        self._tracker.reset_peak()
+    def _record_block(self, phase: Optional[int], peak: int) -> None:
+        k = self._block(phase)
+        if k is not None:
+            self.block_peaks[k] = max(self.block_peaks.get(k, 0), int(peak))
 
-    def _cuda_block_start(self, k: int):  # noqa: ANN202
-        def hook(module, args):  # noqa: ANN001, ANN202
-            self._close_cuda_phase()
-            self._cuda_phase = k
-        return hook
-
-    def _close_cuda_phase(self) -> None:
-        peak = torch.cuda.max_memory_allocated()
-        k = self._cuda_phase
-        self.block_peaks[k] = max(self.block_peaks[k], peak)
+    def _record(self, phase: Optional[int], peak: int, parts: Optional[dict[str, int]] = None) -> None:
+        self._record_block(phase, peak)
         if self.peak_bytes is None or peak > self.peak_bytes:
-            self.peak_bytes, self.peak_block = peak, k
-        self.reserved_bytes = max(self.reserved_bytes or 0, torch.cuda.max_memory_reserved())
-        torch.cuda.reset_peak_memory_stats()
+            self.peak_bytes, self.peak_block = int(peak), self._block(phase)
+            if parts is not None:
+                self.parts = {c: int(parts.get(c, 0)) for c in CATEGORIES}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.active:
-            if self._tracker is not None:
-                self._watch.__exit__(None, None, None)
-                self._tracker.__exit__(None, None, None)
-                t = self._tracker
-                for k, v in t.phase_peaks.items():
-                    if k is not None:
-                        self.block_peaks[k] = max(self.block_peaks[k], v)
-                if self.peak_bytes is None or t.peak > self.peak_bytes:
-                    self.peak_bytes, self.peak_block = int(t.peak), t.peak_phase
-                    self.parts = {c: int(t.peak_parts.get(c, 0)) for c in CATEGORIES}
-                self._tracker = None
-            else:
-                torch.cuda.synchronize()
-                self._close_cuda_phase()
-                for h in self._cuda_hooks:
-                    h.remove()
-            self.active = False
-            if not self._measuring_next():
-                self._log(trainer)
-        self._seen += 1
+    @contextmanager
+    def measure(self, net: SplitNetwork, optimizers: Sequence[torch.optim.Optimizer],
+                held: Sequence[torch.Tensor] = ()) -> Iterator[None]:
+        """Measure the training step run inside the block.
 
-    def _measuring_next(self) -> bool:
-        return self._seen + 1 < self.warmup + self.steps
+        Args:
+            net: the blocks and heads the step trains (their order gives the phases).
+            optimizers: their optimizers, one per block of ``net``.
+            held: tensors alive through the step that the network does not own (the batch, a
+                received activation, activations queued for sending): counted as input.
+        """
+        if self.device.type == "cuda":
+            with self._measure_cuda(net):
+                yield
+            return
+        tracker = MemoryTracker()
+        with ExitStack() as stack:
+            stack.enter_context(tracker)
+            stack.enter_context(watch_network(tracker, net, optimizers))
+            tracker.register(held, "input")
+            tracker.reset_peak()
+            yield
+        for phase, v in tracker.phase_peaks.items():
+            self._record_block(phase, v)
+        self._record(tracker.peak_phase, tracker.peak, tracker.peak_parts)
 
-    def _log(self, trainer: L.Trainer) -> None:
-        metrics = {"memory/peak_bytes": float(self.peak_bytes or 0)}
-        for k, v in enumerate(self.block_peaks):
-            metrics[f"memory/block{k}/peak_bytes"] = float(v)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+    @contextmanager
+    def _measure_cuda(self, net: SplitNetwork) -> Iterator[None]:
+        phase = [0]
+
+        def close() -> None:
+            self._record(phase[0], torch.cuda.max_memory_allocated(self.device))
+            self.reserved_bytes = max(self.reserved_bytes or 0, torch.cuda.max_memory_reserved(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        def start(k: int):  # noqa: ANN202
+            def hook(module: Any, args: Any) -> None:
+                close()
+                phase[0] = k
+            return hook
+
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        handles = [b.register_forward_pre_hook(start(k)) for k, b in enumerate(net.blocks)]
+        try:
+            yield
+            torch.cuda.synchronize(self.device)
+            close()
+        finally:
+            for h in handles:
+                h.remove()
 
     def result(self) -> dict[str, Any]:
-        """The fields this meter contributes to summary.json."""
+        """The fields this meter contributes to summary.json (null when nothing was measured)."""
+        measured = self.peak_bytes is not None
         return {
             "peak_memory_bytes": self.peak_bytes,
-            "memory_method": self.method,
+            "memory_method": self.method if measured else None,
             "memory_reserved_bytes": self.reserved_bytes,
             "memory_peak_block": self.peak_block,
-            "memory_block_peaks": self.block_peaks or None,
+            "memory_block_peaks": [self.block_peaks.get(k, 0) for k in sorted(self.block_peaks)] if self.block_peaks else None,
             "memory_parts": self.parts or None,
         }
-
-
-def _tensors(batch: Any) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_leaves
-
-    return [t for t in tree_leaves(batch) if isinstance(t, torch.Tensor)]

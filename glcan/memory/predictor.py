@@ -20,7 +20,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch import nn
 
-from glcan.core.step import e2e_loss, local_step
+from glcan.core.step import BlockUpdate, e2e_loss, local_step
 from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
 
 
@@ -67,15 +67,13 @@ def as_fake(module: nn.Module) -> nn.Module:
 
 
 def run_training_step(module: Any, x: torch.Tensor, y: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    """One step exactly as GLCanModule trains, without a Trainer: local blocks zero their
-    gradients right after stepping; for E2E, Lightning's automatic optimization zeroes the
-    gradients after the forward and before the backward, so the previous step's gradients are
-    still alive at the end of the forward, and they count."""
-    if module.hparams.method == "local":
-        def step(k: int) -> None:
-            optimizers[k].step()
-            optimizers[k].zero_grad(set_to_none=True)
-        local_step(module.net, x, y, step=step)
+    """One step exactly as GLCanModule trains, without a Trainer: local blocks go through the
+    same :class:`~glcan.core.step.BlockUpdate` (their gradients die right after their step);
+    for E2E, Lightning's automatic optimization zeroes the gradients after the forward and
+    before the backward, so the previous step's gradients are still alive at the end of the
+    forward, and they count."""
+    if module.is_local:
+        local_step(module.net, x, y, step=BlockUpdate(optimizers))
     else:
         loss, _ = e2e_loss(module.net, x, y)
         optimizers[0].zero_grad(set_to_none=True)

@@ -9,10 +9,11 @@ from the best possible one.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from glcan.memory.budget import budget_answer
 from glcan.memory.predictor import MemoryEstimate, as_fake, fake_mode, predict
 from glcan.memory.tracker import MemoryTracker
 
@@ -38,42 +39,38 @@ def largest_unit_footprint(units: Sequence[torch.nn.Module], image_shape: Sequen
     return best
 
 
-def rebuild(module: Any, **overrides: Any) -> Any:
-    """The same model with some arguments changed, built fake (call under ``fake_mode()``).
-    A user's own network (a module, not a registry name) is copied as fake tensors."""
-    kwargs = {**module.init_kwargs(), **overrides}
-    spec = kwargs["backbone"]
-    if isinstance(spec, torch.nn.Module):
-        kwargs["backbone"] = as_fake(spec)
-    elif isinstance(spec, (list, tuple)):
-        kwargs["backbone"] = [as_fake(m) for m in spec]
-    return type(module)(**kwargs)
-
-
 def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_classes: int,
-                  precision: str = "32-true") -> dict[str, Any]:
+                  precision: str = "32-true", budget: Optional[Union[int, str]] = None) -> dict[str, Any]:
     """Predict E2E, E2E with checkpointing and local training of ``module``'s config.
 
     Args:
-        module: a GLCanModule; its init arguments are reused, only ``method`` changes.
+        module: a GLCanModule; ``module.rebuild(method=...)`` makes each variant, fake.
         batch_size, image_shape, num_classes: the data the prediction is for.
         precision: ``32-true`` or ``bf16-mixed``.
+        budget: a GPU memory budget: the report then says which methods fit it and the
+            smallest local K that does.
     """
     estimates: dict[str, MemoryEstimate] = {}
     for method in ("e2e", "e2e_checkpoint", "local"):
-        estimates[method] = predict(lambda m=method: rebuild(module, method=m), batch_size, image_shape, num_classes,
+        estimates[method] = predict(lambda m=method: module.rebuild(method=m), batch_size, image_shape, num_classes,
                                     precision=precision)
     local = estimates["local"]
     with fake_mode():
-        units = rebuild(module, method="e2e").net.blocks[0]
+        units = module.rebuild(method="e2e").net.blocks[0]
         unit_index, unit_bytes = largest_unit_footprint(list(units), image_shape, batch_size)
     resident = sum(local.parts.get(c, 0) for c in ("parameters", "optimizer_state", "input"))
     floor = resident + unit_bytes
     own = estimates[module.hparams.method]
     e2e = estimates["e2e"].peak_bytes
+    answer = None
+    if budget is not None:
+        def local_peak(k: int) -> int:
+            return predict(lambda: module.rebuild(method="local", num_blocks=k), batch_size, image_shape, num_classes,
+                           precision=precision).peak_bytes
+        answer = budget_answer(budget, e2e, estimates["e2e_checkpoint"].peak_bytes, local_peak, len(units))
     return {
         "config_method": module.hparams.method,
-        "arch": module.arch,
+        "backbone": module.backbone_name,
         "batch_size": batch_size,
         "image_shape": list(image_shape),
         "precision": precision,
@@ -92,6 +89,7 @@ def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_
         "block_peaks": local.block_peaks,
         "parts": own.parts,
         "methods": {m: e.as_dict() for m, e in estimates.items()},
+        "budget": answer,
     }
 
 
@@ -100,7 +98,7 @@ def format_report(r: dict[str, Any], config: Optional[str] = None) -> str:
     def gib(b: float) -> str:
         return f"{b / GiB:8.3f} GiB"
     lines = [
-        f"Predicted training memory: {r['arch']}, batch {r['batch_size']}, input {tuple(r['image_shape'])}, "
+        f"Predicted training memory: {r['backbone']}, batch {r['batch_size']}, input {tuple(r['image_shape'])}, "
         f"{r['precision']}" + (f" ({config})" if config else ""),
         "method: FakeTensorMode + tensor-storage tracker, steady-state step (exact tensor bytes; "
         "a GPU adds its CUDA context and allocator rounding)",
@@ -116,4 +114,6 @@ def format_report(r: dict[str, Any], config: Optional[str] = None) -> str:
         f"parts of the {r['config_method']} peak:",
     ]
     lines += [f"  {name:<18}{gib(v)}" for name, v in r["parts"].items()]
+    if r.get("budget"):
+        lines += ["", *r["budget"]["lines"]]
     return "\n".join(lines)

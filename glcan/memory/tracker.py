@@ -132,9 +132,13 @@ def watch_network(tracker: MemoryTracker, net: SplitNetwork, optimizers: Iterabl
         handles.append(head.register_forward_pre_hook(head_start))
         handles.append(head.register_forward_hook(head_end))
     handles += [p.register_post_accumulate_grad_hook(grad_done) for p in params if p.requires_grad]
+    # Optimizer state is labelled by what it is, after each step, not by when it was made:
+    # Lightning's automatic optimization runs the whole forward and backward inside
+    # ``optimizer.step(closure)``, so a label switched on at the step would call E2E's
+    # activations optimizer state.
     for opt in optimizers:
-        handles.append(opt.register_step_pre_hook(lambda *a: setattr(tracker, "category", "optimizer_state")))
-        handles.append(opt.register_step_post_hook(lambda *a: setattr(tracker, "category", "activations")))
+        handles.append(opt.register_step_post_hook(
+            lambda o, *a: tracker.register(optimizer_state_tensors([o]), "optimizer_state")))
     try:
         yield
     finally:

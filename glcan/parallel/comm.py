@@ -43,18 +43,18 @@ class Link:
         feature_shape: the shape of one activation sample the neighbour sends or receives.
         device: where messages live (cuda for NCCL, cpu for gloo).
         depth: sends in flight before waiting.
-        describe: ``describe(rank)`` names a worker for error messages.
+        name: ``name(rank)`` names a worker for error messages.
     """
 
     def __init__(self, peer: int, max_batch: int, feature_shape: Sequence[int], device: torch.device, depth: int = 2,
-                 describe: Callable[[int], str] = lambda r: f"worker {r}") -> None:
+                 name: Callable[[int], str] = lambda r: f"worker {r}") -> None:
         self.peer, self.max_batch, self.feature_shape = peer, max_batch, tuple(feature_shape)
-        self.device, self.depth, self.describe = device, max(1, depth), describe
+        self.device, self.depth, self.worker_name = device, max(1, depth), name
         self.inflight: deque = deque()
         self.wait_s = 0.0  # time blocked in waits (recv, or send back-pressure)
 
     def _lost(self, e: BaseException, doing: str) -> PeerLost:
-        return PeerLost(f"{self.describe(self.peer)} stopped responding while {doing}: {short_error(e)}")
+        return PeerLost(f"{self.worker_name(self.peer)} stopped responding while {doing}: {short_error(e)}")
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: int, epoch: int, step: int, y: Optional[torch.Tensor] = None,

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.multiprocessing import start_processes
 
-from glcan.parallel.checkpoint import last_complete
+from glcan.parallel.shards import last_complete
 from glcan.parallel.comm import PeerLost
-from glcan.parallel.plan import Job, worker_dir
+from glcan.parallel.job import Job, worker_dir
 from glcan.parallel.worker import Worker
 
 

@@ -15,18 +15,24 @@ import random
 import statistics
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from glcan.core.step import local_step
-from glcan.lit.optim import build_scheduler
-from glcan.parallel import checkpoint as ckpt
+from glcan.core.network import SplitNetwork
+from glcan.core.step import BlockUpdate, check_finite, local_step
+from glcan.io import write_json
+from glcan.lit.optim import build_scheduler, step_schedulers
+from glcan.memory.meter import PeakMeter
+from glcan.parallel import shards
 from glcan.parallel.comm import BATCH, EPOCH_END, FINAL, Link, PeerLost, short_error
-from glcan.parallel.meter import MEASURED_STEPS, WorkerMeter
-from glcan.parallel.plan import Job, worker_dir
+from glcan.parallel.job import Job, worker_dir
+
+MEASURED_STEPS = (1, 2)  # step 0 creates the optimizer state; these steps are slower (kept out of throughput)
+STATS = "pipeline.json"
 
 
 class Worker:
@@ -44,7 +50,7 @@ class Worker:
         self.done: list[tuple[float, int]] = []  # (time this worker finished batch i, its images)
         self.step_ms: list[float] = []  # compute time of each batch (from the first step after the memory-measured ones)
 
-    def describe(self, r: int) -> str:
+    def worker_name(self, r: int) -> str:
         return f"worker {r} ({self.job.blocks_text(r)})"
 
     # ---------------------------------------------------------------- setup
@@ -67,17 +73,19 @@ class Worker:
         factory = self.model.scheduler_factory
         self.schedulers = {k: build_scheduler(factory, self.optimizers[k], job.total_steps) for k in self.mine} if factory else {}
         shapes, batch = job.extra["block_shapes"], job.datamodule.batch_size
-        describe = self.describe
-        self.link_in = Link(self.rank - 1, batch, shapes[self.mine[0] - 1], self.device, job.depth, describe) if self.rank else None
+        name = self.worker_name
+        self.link_in = Link(self.rank - 1, batch, shapes[self.mine[0] - 1], self.device, job.depth, name) if self.rank else None
         self.link_out = None
         if not self.is_last:
-            self.link_out = Link(self.rank + 1, batch, shapes[self.mine[-1]], self.device, job.depth, describe)
+            self.link_out = Link(self.rank + 1, batch, shapes[self.mine[-1]], self.device, job.depth, name)
             self.net.blocks[self.mine[-1]].register_forward_hook(self._capture)
         if self.rank == 0:
             _set_rng_state(job.extra.get("rng_state"))
             self.loader = job.datamodule.train_dataloader()
             self.per_epoch = min(len(self.loader), job.extra["per_epoch"])
-        self.meter = WorkerMeter(self.net, self.mine, self.optimizers, self.device)
+        self.update = BlockUpdate(self.optimizers, self.model.hparams.gradient_clip_val)
+        self.meter = PeakMeter(self.device, blocks=self.mine)
+        self.sub = SplitNetwork([self.net.blocks[k] for k in self.mine], [self.net.heads[k] for k in self.mine])
         worker_dir(job.run_dir).mkdir(parents=True, exist_ok=True)
         (worker_dir(job.run_dir) / f"worker{self.rank}.pid").write_text(str(os.getpid()))
 
@@ -85,24 +93,16 @@ class Worker:
         self.captured = output.detach()
 
     # ---------------------------------------------------------------- training
-    def block_step(self, k: int) -> None:
-        """Clip, step and zero block k's optimizer, as GLCanModule._block_step."""
-        opt, clip = self.optimizers[k], self.model.hparams.gradient_clip_val
-        if clip:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     def train_batch(self, inp: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         bf16 = self.job.precision.startswith("bf16")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         held = [inp, y, *(self.link_out.pending() if self.link_out else [])]
         t0 = time.perf_counter()
-        with self.meter.measure(self.step, held), autocast:
-            results = local_step(self.net, inp, y, step=self.block_step, blocks=self.mine)
-        if self.model.hparams.scheduler_interval == "step":
-            for s in self.schedulers.values():
-                s.step()
+        measure = self.step in MEASURED_STEPS
+        with (self.meter.measure(self.sub, [self.optimizers[k] for k in self.mine], held) if measure else nullcontext()), autocast:
+            results = local_step(self.net, inp, y, step=self.update, blocks=self.mine)
+        check_finite([loss for loss, _ in results], self.step, self.mine)
+        step_schedulers(list(self.schedulers.values()), self.model.hparams.scheduler_interval, "batch")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         done = time.perf_counter()
@@ -144,20 +144,18 @@ class Worker:
     def run(self) -> None:
         self.setup()
         self.stats["start_time"] = time.time()
-        epoch, kind, shards, path = 0, EPOCH_END, None, None
+        epoch, kind, done, path = 0, EPOCH_END, [], None
         while kind != FINAL:
             kind = self.run_epoch(epoch)
             epoch += 1
-            if self.model.hparams.scheduler_interval == "epoch":
-                for s in self.schedulers.values():
-                    s.step()
+            step_schedulers(list(self.schedulers.values()), self.model.hparams.scheduler_interval, "epoch")
             self._close_epoch()
-            ckpt.save_shard(self.job.run_dir, epoch, self.rank, self.model, self.mine, self.optimizers,
-                            self.schedulers, self.step, self.final_stats())
+            shards.save_shard(self.job.run_dir, epoch, self.rank, self.model, self.mine, self.optimizers,
+                              self.schedulers, self.step, self.final_stats())
             if self.link_out is not None:
                 self.link_out.send(kind, epoch, self.step)  # only after the shard is on disk
             else:
-                path, shards = ckpt.assemble(self.job.run_dir, epoch, self.world, self.model, self.job.datamodule)
+                path, done = shards.assemble(self.job.run_dir, epoch, self.world, self.model)
         if self.link_out is not None:
             self.link_out.drain()
         if self.world > 1:  # a send completes before the receiver has read it: nobody leaves early
@@ -166,9 +164,15 @@ class Worker:
             except RuntimeError as e:
                 raise PeerLost(f"a worker stopped before the end of the run: {short_error(e)}") from None
         if self.is_last:
-            from glcan.parallel.report import finish
+            self.write_stats(path, done, epoch)
 
-            finish(self, path, shards, epoch)
+    def write_stats(self, path: Any, done: list[dict], epochs: int) -> None:
+        """What the launcher needs to finish the run (test, summary.json, metrics.csv): the
+        checkpoint and every worker's statistics, in ``pipeline.json``."""
+        stats = [s["stats"] for s in sorted(done, key=lambda s: s["rank"])]
+        stats[-1] = self.final_stats()
+        write_json(Path(self.job.run_dir) / STATS, {"checkpoint": str(path), "epochs": epochs, "global_step": self.step,
+                                                    "workers": stats})
 
     def _close_epoch(self) -> None:
         for k in self.mine:
@@ -182,6 +186,7 @@ class Worker:
         s["recv_wait_s"] = self.link_in.wait_s if self.link_in else 0.0
         s["send_wait_s"] = self.link_out.wait_s if self.link_out else 0.0
         s.update(self.meter.result())
+        s["memory_block_peaks"] = dict(self.meter.block_peaks)
         s["step_ms_median"] = statistics.median(self.step_ms) if self.step_ms else None
         s["steady_img_s"] = window_rate(self.done, warmup=max(MEASURED_STEPS[-1] + 1, self.world + 2))
         return s

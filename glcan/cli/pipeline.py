@@ -1,0 +1,94 @@
+"""``train.py fit ... --parallel.mode pipeline``: start the workers, watch them, finish the run.
+
+Launched plainly, this process has parsed the config once (glcan.cli.run.fit), plans the
+worker groups and spawns one worker process per group (torch.multiprocessing, gloo/NCCL over
+127.0.0.1), then waits. If a worker dies, the others are stopped at once and one line names
+the worker. Under ``torchrun`` (RANK and WORLD_SIZE set) every rank parses the config itself,
+rank 0 plans and broadcasts the plan, and each rank runs its worker; then a dead neighbour is
+noticed by the workers themselves (closed connection, or ``parallel.timeout``).
+
+When the workers are done, the run finishes as a one-process run does: the checkpoint is
+tested through Lightning, and summary.json is written by the same builder (with the
+pipeline's own fields), the per-epoch losses going to the same CSV log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from glcan.cli.parser import GLCanCLI
+from glcan.cli.rundir import RunDir
+from glcan.cli.trainer import build_trainer, log_summary_to_wandb, print_summary_line
+from glcan.io import write_json, write_text
+from glcan.lit.loggers import wandb_run_dir
+from glcan.lit.summary import build_summary, test_metrics
+from glcan.parallel.finish import epoch_rows, measurements
+from glcan.parallel.job import Job, build_job
+from glcan.parallel.options import PipelineError
+from glcan.parallel.shards import remove_shards
+from glcan.parallel.supervise import spawn, worker_main
+from glcan.parallel.worker import STATS
+
+
+def fit_pipeline(cli: GLCanCLI, run: RunDir) -> int:
+    """Train with pipeline workers, then test and summarise; the exit status."""
+    cfg = cli.config
+    if run.resume_from is not None:
+        raise PipelineError("a pipeline run cannot resume from a checkpoint yet; resume it in one process "
+                            "(without --parallel.mode pipeline) or start a new run")
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0)) if torchrun else 0
+    job = build_job(cli.model, cli.datamodule, cfg.trainer, cfg.parallel, cfg.get("seed_everything"), str(run.path),
+                    workers=int(os.environ["WORLD_SIZE"]) if torchrun else None, plan=rank == 0)
+    if rank == 0:
+        write_text(run.path / "config.yaml", cli.parser.dump(cfg, skip_none=False))
+    if not torchrun:
+        code = spawn(job)
+    else:
+        code = _run_torchrun(job, rank)
+    if code != 0 or rank != 0:
+        return code
+    return finish(cli, job, run)
+
+
+def _run_torchrun(job: Job, rank: int) -> int:
+    if job.device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dist.init_process_group("nccl" if job.device_type == "cuda" else "gloo", init_method="env://", rank=rank,
+                            world_size=job.workers, timeout=datetime.timedelta(seconds=job.timeout))
+    payload = [(job.run_dir, job.groups, job.group_cost_ms, job.model.state_dict()) if rank == 0 else None]
+    dist.broadcast_object_list(payload, src=0)
+    job.run_dir, job.groups, job.group_cost_ms, state = payload[0]
+    job.model.load_state_dict(state)  # every worker starts from rank 0's initial weights
+    worker_main(rank, job)
+    return 0
+
+
+def finish(cli: GLCanCLI, job: Job, run: RunDir) -> int:
+    """Test the pipeline's checkpoint through Lightning; write metrics.csv and summary.json."""
+    record = json.loads((run.path / STATS).read_text())
+    trainer = build_trainer(cli, run.path, training=False, job_type="local", wandb_id=run.record.get("wandb_id"))
+    for row in epoch_rows(record):
+        step = row.pop("step")
+        for lg in trainer.loggers:
+            lg.log_metrics(row, step=step)
+    job.datamodule.setup("test")
+    trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=record["checkpoint"], verbose=False)
+    summary = build_summary(cli.model, cli.datamodule, epochs=record["epochs"], global_step=record["global_step"],
+                            seed=job.seed, precision=job.precision, test_metrics=test_metrics(trainer),
+                            measured=measurements(record, job), run_dir=str(run.path),
+                            wandb_dir=wandb_run_dir(trainer.loggers))
+    for lg in trainer.loggers:
+        lg.save()
+    path = write_json(Path(run.path) / "summary.json", summary)
+    remove_shards(run.path)
+    log_summary_to_wandb(trainer.loggers, summary)
+    print_summary_line(summary, path)
+    return 0
+

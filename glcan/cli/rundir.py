@@ -1,0 +1,168 @@
+"""Where a run lives, what it resumes, and who may write there.
+
+A fresh run gets ``{root}/{name}/version_N`` (the next free N) or ``--run_dir``. A resumed run
+continues *in place*: ``--ckpt_path last`` picks the latest version of the same experiment
+that has a ``last.ckpt`` (or ``--run_dir``'s), and the run keeps writing into that directory:
+the CSV log continues and W&B resumes the same run id (kept in ``run.json``). A directory that
+already holds a run is never reused silently: resume it, or choose another.
+
+While a run writes into a directory it holds an exclusive lock on ``run.lock``; a second run
+into the same directory is refused at once, and the lock dies with its process (``kill -9``
+included), so a stale lock never blocks a resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from glcan.io import write_json
+from glcan.lit.checks import ConfigError
+
+RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
+LAST = "last.ckpt"
+
+
+@dataclass
+class RunDir:
+    """One run's directory and how it starts."""
+
+    path: Path
+    resume_from: Optional[Path] = None  # the checkpoint a resumed run continues from
+    record: dict[str, Any] = field(default_factory=dict)  # run.json
+    notice: Optional[str] = None  # one line worth telling the user (e.g. nothing to resume)
+    _lock: Optional[IO] = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def wandb_id(self) -> str:
+        return self.record["wandb_id"]
+
+    def acquire(self) -> "RunDir":
+        """Create the directory and take its lock; a second run into it gets a one-line error."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.path / LOCK_FILE, "a+")
+        except OSError as e:
+            raise ConfigError(f"cannot write the run directory {self.path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise ConfigError(f"{self.path} is in use by another run (pid {holder}); wait for it to finish, "
+                              "or give this run another --run_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock = f
+        if not self.record:
+            self.record = {"wandb_id": uuid.uuid4().hex[:12], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.record["resumed"] = self.record.get("resumed", 0) + (1 if self.resume_from else 0)
+        write_json(self.path / RUN_FILE, self.record)
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _holds_a_run(path: Path) -> bool:
+    return (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()) or (path / "summary.json").exists()
+
+
+def _versions(base: Path) -> list[Path]:
+    found = [(int(p.name[8:]), p) for p in base.glob("version_*") if p.name[8:].isdigit() and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _next_version(base: Path) -> Path:
+    versions = _versions(base)
+    return base / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
+
+
+def for_training(root: str, name: str, run_dir: Optional[str], ckpt_path: Optional[str]) -> RunDir:
+    """The directory of a ``fit`` and the checkpoint it resumes from.
+
+    Args:
+        root: ``trainer.default_root_dir``.
+        name: the experiment's name (``mnist5k_resnet20_local_k4_glcan``).
+        run_dir: ``--run_dir`` or None.
+        ckpt_path: ``--ckpt_path``: None (a fresh run), ``last`` or a checkpoint file.
+    """
+    if run_dir:
+        path = Path(run_dir)
+        if ckpt_path == "last":
+            last = path / "checkpoints" / LAST
+            if last.is_file():
+                return RunDir(path, last, _read_record(path))
+            if _holds_a_run(path):
+                raise ConfigError(f"{path} has no checkpoints/{LAST} to resume; remove it or choose another --run_dir")
+            return RunDir(path, notice=f"no checkpoint to resume in {path}: starting a new run there")
+        if ckpt_path:
+            return RunDir(path, checkpoint_file(ckpt_path), _read_record(path))
+        if _holds_a_run(path):
+            raise ConfigError(f"{path} already holds a run: add --ckpt_path last to resume it, or choose another --run_dir")
+        return RunDir(path)
+    base = Path(root) / name
+    if ckpt_path == "last":
+        for version in reversed(_versions(base)):
+            last = version / "checkpoints" / LAST
+            if last.is_file():
+                return RunDir(version, last, _read_record(version))
+        path = _next_version(base)
+        return RunDir(path, notice=f"no checkpoint to resume under {base}: starting a new run in {path}")
+    if ckpt_path:
+        ckpt = checkpoint_file(ckpt_path)
+        owner = ckpt.parent.parent
+        if ckpt.parent.name == "checkpoints" and (owner / RUN_FILE).is_file():
+            return RunDir(owner, ckpt, _read_record(owner))  # a checkpoint of a run: continue that run
+        return RunDir(_next_version(base), ckpt)
+    return RunDir(_next_version(base))
+
+
+def checkpoint_file(ckpt_path: str) -> Path:
+    """``ckpt_path`` as an existing Lightning checkpoint file, or a one-line error naming it."""
+    import zipfile
+
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise ConfigError(f"--ckpt_path {ckpt_path}: no such file")
+    if path.is_dir():
+        last = path / "checkpoints" / LAST
+        if last.is_file():
+            return last
+        raise ConfigError(f"--ckpt_path {ckpt_path} is a directory without checkpoints/{LAST}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint
+        raise ConfigError(f"--ckpt_path {ckpt_path} is not a PyTorch checkpoint (torch.save archive)")
+    return path
+
+
+def latest_checkpoint(root: str, name: str) -> Optional[Path]:
+    """The latest ``last.ckpt`` of an experiment (what ``test --ckpt_path last`` evaluates)."""
+    for version in reversed(_versions(Path(root) / name)):
+        last = version / "checkpoints" / LAST
+        if last.is_file():
+            return last
+    return None

@@ -1,0 +1,87 @@
+"""summary.json: one flat record per run, the row every comparison is built from.
+
+One builder for every path (one process, DDP, the pipeline): fields that a run could not
+measure are null, never invented. The file is written atomically (glcan.io), so a summary.json
+that exists is complete: the comparison runner relies on that to skip finished runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+
+
+def _metric(metrics: dict, key: str) -> Optional[float]:
+    v = metrics.get(key)
+    return None if v is None else float(v)
+
+
+def parameter_counts(module: Any) -> dict[str, int]:
+    """Parameters of the network that is deployed (the blocks and the last head, the
+    classifier) and of the auxiliary heads that only training uses."""
+    net = module.net
+    heads = sum(p.numel() for h in list(net.heads)[:-1] for p in h.parameters())
+    total = sum(p.numel() for p in net.parameters())
+    return {"params": total - heads, "head_params": heads}
+
+
+def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int, seed: Optional[int], precision: str,
+                  test_metrics: dict[str, Any], measured: dict[str, Any], run_dir: Optional[str],
+                  wandb_dir: Optional[str] = None) -> dict[str, Any]:
+    """The run's record.
+
+    Args:
+        module: the trained GLCanModule.
+        datamodule: its data.
+        epochs: completed training epochs; global_step: batches trained.
+        seed: the run's seed; precision: the trainer's precision.
+        test_metrics: ``test/...`` metrics.
+        measured: what the meters measured (memory, time, parallel details).
+        run_dir, wandb_dir: where the run's files are.
+    """
+    h = module.hparams
+    k = module.net.num_blocks
+    local = module.is_local
+    block_acc = [_metric(test_metrics, f"test/block{i}/acc") for i in range(k)] if local else [_metric(test_metrics, "test/acc")]
+    summary: dict[str, Any] = {
+        "method": h.method,
+        "backbone": module.backbone_name,
+        "dataset": getattr(datamodule, "name", None),
+        "num_blocks": k,
+        "head": h.head if local else None,
+        "split": list(module.net.boundaries),
+        "epochs": epochs,
+        "global_step": global_step,
+        "seed": seed,
+        "batch_size": getattr(datamodule, "batch_size", None),
+        "image_shape": list(h.image_shape),
+        "precision": precision,
+        "optimizer": module.optimizer_name,
+        "test_acc": _metric(test_metrics, "test/acc"),
+        "test_acc_top5": _metric(test_metrics, "test/acc_top5"),
+        "test_loss": _metric(test_metrics, "test/loss"),
+        "block_acc": block_acc,
+        **parameter_counts(module),
+        "wandb_dir": wandb_dir,
+        "run_dir": run_dir,
+        "peak_memory_bytes": None,
+        "memory_method": None,
+        "step_time_ms": None,
+        "step_cpu_ms": None,
+    }
+    summary.update(measured)
+    return summary
+
+
+def measured_by_callbacks(trainer: L.Trainer) -> dict[str, Any]:
+    """What the run's callbacks measured (every callback with a ``result()``)."""
+    out: dict[str, Any] = {}
+    for cb in trainer.callbacks:
+        if callable(getattr(cb, "result", None)):
+            out.update(cb.result())
+    return out
+
+
+def test_metrics(trainer: L.Trainer) -> dict[str, Any]:
+    return {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

@@ -1,0 +1,98 @@
+"""The costs behind the ``memory`` split policy: cut where the blocks' training memory is most even.
+
+The peak of local learning is the peak of its heaviest block, so the best split minimises the
+largest block's training memory. For every unit we measure, under FakeTensorMode at the
+configured batch size, the bytes it saves for backward (``saved_tensors_hooks``, storages
+counted once), its output size and its parameters; for every possible cut, the training peak of
+the head placed there. A block's cost is then
+
+    saved(units) + 2 x largest activation (the gradients in flight during its backward)
+    + its parameters' gradients + the head's peak,
+
+additive over units, so an exact dynamic programme (glcan.core.split.balanced_boundaries)
+finds the partition with the smallest maximum. What stays resident (parameters, optimizer
+state, the batch) is the same whatever the split and is left out.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from glcan.core.split import balanced_boundaries
+from glcan.heads import build_head
+from glcan.memory.predictor import as_fake, fake_mode
+from glcan.memory.tracker import MemoryTracker
+
+
+def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_size: int) -> list[dict[str, int]]:
+    """Per unit: ``saved`` bytes kept for backward, ``out`` bytes of its output, ``grads`` bytes
+    of its parameters' gradients, at ``batch_size``."""
+    costs = []
+    with fake_mode():
+        x = torch.randn(batch_size, *image_shape)
+        for unit in units:
+            unit = as_fake(unit)
+            # Record sizes only (storages are alive while `out` holds the graph, so ids are unique);
+            # keeping the tensors here would make a reference cycle through the hook.
+            saved: dict[int, int] = {}
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                st = t.untyped_storage()
+                saved[id(st)] = st.nbytes()
+                return t
+            unit.train()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = unit(x.detach().requires_grad_())
+            grads = sum(p.numel() * p.element_size() for p in unit.parameters() if p.requires_grad)
+            costs.append({"saved": sum(saved.values()), "out": out.numel() * out.element_size(), "grads": grads})
+            x = out.detach()
+    return costs
+
+
+def head_peak(head: str, shape: Sequence[int], num_classes: int, image_shape: Sequence[int],
+              batch_size: int, head_kwargs: Optional[dict] = None) -> int:
+    """The training peak of one head on a feature map of ``shape``, beyond the map itself."""
+    with fake_mode():
+        head = build_head(head, tuple(shape), num_classes, image_shape=tuple(image_shape),
+                          block_index=0, num_blocks=2, **(head_kwargs or {}))
+        h = torch.randn(batch_size, *shape, requires_grad=True)
+        x = torch.randn(batch_size, *image_shape)
+        y = torch.randint(0, num_classes, (batch_size,))
+        tracker = MemoryTracker()
+        with tracker:
+            tracker.register([h, x, y], "input")  # a head's views of h must not count h again
+            base = tracker.current
+            tracker.reset_peak()
+            loss, _ = head.loss(h, y, x)
+            loss.backward()
+        return int(tracker.peak - base)
+
+
+def memory_split(
+    units: Sequence[nn.Module],
+    shapes: Sequence[Sequence[int]],
+    num_blocks: int,
+    *,
+    head: str,
+    head_kwargs: Optional[dict],
+    num_classes: int,
+    image_shape: Sequence[int],
+    batch_size: int,
+) -> list[int]:
+    """The boundaries that balance the blocks' predicted training memory (``split: memory``)."""
+    costs = unit_costs(units, image_shape, batch_size)
+    heads: dict[tuple, int] = {}
+    for s in shapes:
+        if tuple(s) not in heads:
+            heads[tuple(s)] = head_peak(head, s, num_classes, image_shape, batch_size, head_kwargs)
+    prefix = [0]
+    for c in costs:
+        prefix.append(prefix[-1] + c["saved"] + c["grads"])
+
+    def block_cost(i: int, j: int) -> float:
+        largest = max(c["out"] for c in costs[i:j])
+        return prefix[j] - prefix[i] + 2 * largest + heads[tuple(shapes[j - 1])]
+
+    return balanced_boundaries(len(units), num_blocks, block_cost)
