@@ -96,6 +96,9 @@ def _rows(keys: Iterable[str], opts: dict[str, Any], full: bool = False) -> list
         if full:
             text = " ".join((opts[key].help or "").replace("``", "").split())
             lines += textwrap.wrap(text, width, initial_indent=f"  {short:<20}", subsequent_indent=" " * 22) or [f"  {short}"]
+        elif key == "model.backbone":  # the registry's names, all of them
+            lines += textwrap.wrap(_describe(key, opts[key]), width, initial_indent=f"  {short:<20}",
+                                   subsequent_indent=" " * 22)
         else:
             lines.append(_line(short, _describe(key, opts[key])))
     return lines
@@ -151,13 +154,15 @@ def parse_error_line(error: BaseException, parser: Any) -> str:
     m = re.search(r'[Kk]ey "([^"]+)"', text)
     if m:
         key = m.group(1)
-        given = re.search(r"Given value: (.+)", text)
+        given = re.search(r"(?:Given|Got) value: (.+)", text)
         action = opts.get(key)
-        choices = getattr(action, "choices", None)
+        literal = re.search(r"Literal\[([^\]]*)\]", text)
+        choices = _choices(action) or ([c.strip().strip("'\"") for c in literal.group(1).split(",")] if literal else None)
         value = given.group(1).strip() if given else None
         if choices and value is not None:
             return f"--{key}: {value!r} is not one of {', '.join(map(str, choices))}{did_you_mean(value, map(str, choices))}"
         detail = next((ln for ln in lines[1:] if not ln.startswith(("Subtypes", "Errors", "Given value type"))), "")
+        detail = re.sub(r"\s*Got value: .*", "", detail)
         detail = detail.lstrip("- ")
         return f"--{key}: {detail}" + (f" (given {value})" if value and value not in detail else "")
     m = re.search(r"Problem with given class_path '([^']+)'", text)

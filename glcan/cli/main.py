@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from glcan.cli.help import check_config_files, command_help, did_you_mean, parse_error_line
+from glcan.core.step import NonFiniteLoss
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -117,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.environ.get("GLCAN_DEBUG"):
             raise
         return _fail(parse_error_line(e, _parser_or_none()), 2)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, NonFiniteLoss) as e:
         if os.environ.get("GLCAN_DEBUG"):
             raise
         return _fail(_first_line(e), 2)

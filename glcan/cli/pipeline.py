@@ -73,7 +73,8 @@ def _run_torchrun(job: Job, rank: int) -> int:
 def finish(cli: GLCanCLI, job: Job, run: RunDir) -> int:
     """Test the pipeline's checkpoint through Lightning; write metrics.csv and summary.json."""
     record = json.loads((run.path / STATS).read_text())
-    trainer = build_trainer(cli, run.path, training=False, job_type="local", wandb_id=run.record.get("wandb_id"))
+    trainer = cli.trainer = build_trainer(cli, run.path, training=False, job_type="local",
+                                          wandb_id=run.record.get("wandb_id"))
     for row in epoch_rows(record):
         step = row.pop("step")
         for lg in trainer.loggers:

@@ -31,7 +31,7 @@ from glcan.cli.trainer import build_trainer, log_summary_to_wandb, print_summary
 from glcan.io import write_csv, write_json
 from glcan.lit.callbacks import RunInterrupted
 from glcan.lit.checks import ConfigError
-from glcan.lit.loggers import wandb_run_dir
+from glcan.lit.loggers import SafeWandbLogger, wandb_run_dir
 from glcan.lit.summary import build_summary, measured_by_callbacks, test_metrics
 
 def _root(cfg: Any) -> str:
@@ -95,9 +95,11 @@ def fit_cli(cli: GLCanCLI, args: Optional[list[str]] = None) -> int:
     if not child:
         run.acquire()
         os.environ["GLCAN_RUN_DIR"], os.environ["GLCAN_RESUME_FROM"] = str(run.path), str(run.resume_from or "")
+    code = 1
     try:
         if cli.config.parallel.mode == "pipeline":
-            return fit_pipeline(cli, run)
+            code = fit_pipeline(cli, run)
+            return code
         trainer = cli.trainer = build_trainer(cli, run.path, training=True, job_type=cli.model.hparams.method,
                                               wandb_id=run.record.get("wandb_id"),
                                               resumed_step=_checkpoint_step(run.resume_from))
@@ -109,15 +111,25 @@ def fit_cli(cli: GLCanCLI, args: Optional[list[str]] = None) -> int:
                 where = f"checkpoint saved to {e.checkpoint}" if e.checkpoint else "no checkpoint directory"
                 print(f"stopped by {e.signame}; {where}. Resume with:\n  {resume_command(args or [], run.path)}",
                       file=sys.stderr, flush=True)
-            return 130
+            code = 130
+            return code
         trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
         write_run_summary(cli, trainer, run.path)
-        return 0
+        code = 0
+        return code
     finally:
+        finish_wandb(getattr(cli, "trainer", None), code)
         if not child:
             run.release()
             os.environ.pop("GLCAN_RUN_DIR", None)
             os.environ.pop("GLCAN_RESUME_FROM", None)
+
+
+def finish_wandb(trainer: Any, code: int) -> None:
+    """End this run's W&B run (marked failed unless the run finished)."""
+    for lg in getattr(trainer, "loggers", None) or []:
+        if isinstance(lg, SafeWandbLogger):
+            lg.finish(code)
 
 
 def write_run_summary(cli: GLCanCLI, trainer: Any, run_path: Path) -> Optional[Path]:

@@ -62,8 +62,10 @@ def build_trainer(cli: GLCanCLI, run_path: Path, *, training: bool, job_type: st
         callbacks = [MemoryMeter(), StepTimer(), LearningRateMonitor(logging_interval="epoch"),
                      # Named by epoch: global_step counts batches here (see GLCanModule._block_update)
                      # but an epoch number is what a user looks for when resuming.
+                     # The run directory is this run's alone (locked): its files are overwritten in
+                     # place, never versioned (a resumed run's last.ckpt stays last.ckpt).
                      ModelCheckpoint(dirpath=str(run_path / "checkpoints"), filename="epoch{epoch:03d}",
-                                     auto_insert_metric_name=False, save_last=True),
+                                     auto_insert_metric_name=False, save_last=True, enable_version_counter=False),
                      GracefulStop(), ResumeMidEpoch()]
     trainer = cli.make_trainer(callbacks, save_config=training, logger=False, default_root_dir=str(run_path),
                                **ddp_trainer_kwargs(cfg.get("parallel")))

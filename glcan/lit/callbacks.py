@@ -52,6 +52,11 @@ class MemoryMeter(L.Callback):
                 self._log(trainer)
         self._seen += 1
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.active:  # a step that failed while measured: leave the tracker's dispatch mode
+            self._window.__exit__(type(exception), exception, exception.__traceback__)
+            self.active, self._window = False, None
+
     def _log(self, trainer: L.Trainer) -> None:
         r = self.result()
         metrics = {"memory/peak_bytes": float(r["peak_memory_bytes"] or 0)}
@@ -187,7 +192,9 @@ class ResumeMidEpoch(L.Callback):
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # A checkpoint saved at a batch's end counts that batch as processed; Lightning completes
+        # it on restart (RESTARTED_ON_TRAIN_BATCH_END) and continues with the next batch index.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         total = trainer.num_training_batches
         if not 0 < done < total:
             return

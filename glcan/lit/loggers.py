@@ -95,6 +95,11 @@ class SafeWandbLogger(WandbLogger):
     def finalize(self, status: str) -> None:
         self._guard(lambda: WandbLogger.finalize(self, status))
 
+    def finish(self, exit_code: int = 0) -> None:
+        """End the W&B run (a command's run ends with the command; the next one starts afresh)."""
+        if self._experiment is not None:
+            self._guard(lambda: self._experiment.finish(exit_code=exit_code))
+
     @property
     def usable(self) -> bool:
         return not self._failed and self._guard(lambda: self.experiment) is not None

@@ -91,9 +91,8 @@ class GLCanModule(L.LightningModule):
         self.init_arguments = dict(args)  # what rebuild() starts from (real objects, not their records)
         if method == "local" and num_blocks == "auto":
             num_blocks = choose_for_budget(type(self), args).num_blocks
-        # Recorded below, as plain values: a module object or a parser's callable is no record.
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self._record_hparams(backbone, optimizer, scheduler, num_blocks, image_shape)
+            self.init_arguments["num_blocks"] = num_blocks  # chosen once: a rebuild does not search again
+        self.save_hyperparameters(self._record(args, num_blocks))
         self.optimizer_factory = factory_from_spec(optimizer, "model.optimizer") or DEFAULT_OPTIMIZER
         self.scheduler_factory = factory_from_spec(scheduler, "model.scheduler")
         built = as_backbone(backbone, num_classes, image_shape, small_input)
@@ -112,22 +111,22 @@ class GLCanModule(L.LightningModule):
         self.automatic_optimization = not self.is_local
         self._update: Optional[BlockUpdate] = None
 
-    def _record_hparams(self, backbone: Any, optimizer: Any, scheduler: Any, num_blocks: Any, image_shape: Any) -> None:
-        """Make ``hparams`` a plain, safe record that rebuilds this model.
+    @staticmethod
+    def _record(args: dict[str, Any], num_blocks: Any) -> dict[str, Any]:
+        """The hyperparameters as a plain, safe record that rebuilds this model.
 
         A checkpoint then describes itself: ``load_from_checkpoint(path)`` needs no arguments for
-        a registry backbone, and the optimizer class comes back with its state. A network given
-        as a module object is not recorded (pass it again: ``load_from_checkpoint(p, backbone=...)``;
-        the command line records a config's ``class_path`` itself).
+        a registry backbone, and the optimizer class comes back with its state (as
+        ``class_path``/``init_args``). A network given as a module object is not recorded (pass it
+        again: ``load_from_checkpoint(p, backbone=...)``; the command line records a config's
+        ``class_path`` itself). hparams.yaml loads with ``yaml.safe_load``.
         """
-        h = self.hparams
-        for private in ("_instantiator", "_class_path"):
-            h.pop(private, None)
-        h["backbone"] = backbone if isinstance(backbone, (str, dict)) else None
-        h["optimizer"] = factory_spec(optimizer)
-        h["scheduler"] = factory_spec(scheduler)
-        h["num_blocks"] = num_blocks
-        h["image_shape"] = [int(s) for s in image_shape]
+        record = {k: v for k, v in args.items() if k not in ("backbone", "optimizer", "scheduler")}
+        backbone = args["backbone"]
+        record.update(backbone=backbone if isinstance(backbone, (str, dict)) else None,
+                      optimizer=factory_spec(args["optimizer"]), scheduler=factory_spec(args["scheduler"]),
+                      num_blocks=num_blocks, image_shape=[int(s) for s in args["image_shape"]])
+        return record
 
     # ---------------------------------------------------------------- rebuilding
     @classmethod
@@ -171,13 +170,14 @@ class GLCanModule(L.LightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
         x, y = batch
+        step = self.global_step  # this batch's step (the update below advances the counter)
         if not self.is_local:
             loss, logits = e2e_loss(self.net, x, y)
-            check_finite([loss.detach()], self.global_step)  # before Lightning steps on it
+            check_finite([loss.detach()], step)  # before Lightning steps on it
             self.metrics.log_train(self, [(loss.detach(), logits.detach())], y)
             return loss
         results = local_step(self.net, x, y, step=self._block_update(), backward=self.manual_backward)
-        check_finite([loss for loss, _ in results], self.global_step)
+        check_finite([loss for loss, _ in results], step)
         self.metrics.log_train(self, results, y)
         step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "batch")
         return None
