@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.glcan-installed
 
-.PHONY: train test test-fast bench clean
+.PHONY: train test test-fast bench grid-cifar10-resnet32 grid-cifar10-resnet110 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,22 @@ train: $(STAMP)  ## the default comparison on the embedded data
 test: $(STAMP)  ## every test, slow ones included (what CI runs)
 	WANDB_MODE=offline $(PY) -m pytest -q
 
-test-fast: $(STAMP)  ## the default development suite (< 5 min on 2 cores)
+test-fast: $(STAMP)  ## the default development suite
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/memory.py
+
+# The papers' grid (InfoPro's CIFAR-10 protocol: 160 epochs; a GPU is expected).
+HEADS_GRID = --grid model.method=e2e,local --grid model.num_blocks=4,16 --grid model.head=glcan,linear,dgl,infopro
+
+grid-cifar10-resnet32: $(STAMP)
+	$(PY) train.py compare --config configs/cifar10_resnet32_glcan_k4.yaml $(HEADS_GRID) --data.download true \
+		--out runs/grid_cifar10_resnet32
+
+grid-cifar10-resnet110: $(STAMP)
+	$(PY) train.py compare --config configs/cifar10_resnet110_glcan_k4.yaml $(HEADS_GRID) --data.download true \
+		--out runs/grid_cifar10_resnet110
 
 clean:
 	rm -rf runs .pytest_cache

@@ -7,6 +7,7 @@ known ones.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,5 +45,7 @@ class Registry(Generic[F]):
     def get(self, name: str) -> F:
         """The factory registered as ``name``; an unknown name is one clear line."""
         if name not in self._factories:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+            close = difflib.get_close_matches(str(name), self.names(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}")
         return self._factories[name]

@@ -176,6 +176,8 @@ def check_config_files(argv: list[str]) -> None:
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.split("=", 1)[1] if a.startswith("--config=") else None
         if path:
+            if not Path(path).is_file():
+                raise ValueError(f"--config {path}: no such file")
             _check_yaml(Path(path), set())
 
 

@@ -56,8 +56,10 @@ def finish_wandb(exit_code: int = 0) -> None:
 
 
 def fit_args(point: Point, fixed: list[str], out: Path, comparison_id: str, resume: bool = False) -> list[str]:
-    return [*fixed, *point.args(), "--seed_everything", str(point.seed), "--run_dir", str(run_dir(out, point)),
-            "--logger.group", comparison_id, *(["--ckpt_path", "last"] if resume else [])]
+    # The model summary table is the same for every run of a grid: once per run is noise.
+    return ["--trainer.enable_model_summary", "false", *fixed, *point.args(), "--seed_everything", str(point.seed),
+            "--run_dir", str(run_dir(out, point)), "--logger.group", comparison_id,
+            *(["--ckpt_path", "last"] if resume else [])]
 
 
 def run_all(

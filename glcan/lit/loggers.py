@@ -174,6 +174,9 @@ def build_loggers(
             job_type=options.job_type or job_type, tags=[*tags, *options.tags], config=run_config,
             id=wandb_id, resume="allow" if wandb_id else None,
         )
+    # Lightning passes `anonymous=None` to wandb.init, which wandb now answers with a deprecation
+    # warning on every run; the setting does nothing, so it is not passed at all.
+    wandb._wandb_init.pop("anonymous", None)
     if wandb.usable:
         loggers.append(wandb)
     return loggers
