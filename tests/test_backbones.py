@@ -154,7 +154,7 @@ def test_block_does_not_modify_its_input() -> None:
 
 
 def test_unknown_name_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"unknown backbone 'resnt20'; choose one of: .*resnet20") as info:
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnt20' \(did you mean resnet20\?\); choose one of: .*resnet20") as info:
         build_backbone("resnt20", num_classes=10)
     assert "\n" not in str(info.value)
 

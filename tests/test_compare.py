@@ -130,10 +130,17 @@ def test_report_table_and_provenance(compared):
     assert "**Complete:** all 3 planned runs finished." in report
     table = [ln for ln in report.splitlines() if ln.startswith("| e2e") or ln.startswith("| local")]
     assert len(table) == 3
-    assert table[0].split(" | ")[8:9] == ["1.00×"]  # memory ratio of E2E to itself
+    header = [h.strip() for h in report.splitlines()[[ln.startswith("| method") for ln in report.splitlines()].index(True)].split("|")[1:-1]]
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in table]
+    col = {h: i for i, h in enumerate(header)}
+    assert cells[0][col["mem / E2E"]] == "1.00×"  # memory ratio of E2E to itself
+    assert cells[0][col["CPU / E2E"]].startswith("1.00×")  # time ratios come from process CPU time
+    assert all(float(c[col["step CPU (ms)"]]) > 0 for c in cells)
     assert "| local | 2 | glcan | 1 |" in table[1] and "| local | 2 | linear | 1 |" in table[2]
-    for text in ("peak mem (MiB)", "mem / E2E", "step (ms)", "tensor-storage tracker", "## Machine", "cores",
-                 "python train.py compare --config", "--grid model.method=e2e,local", *PNGS):
+    # the deployed network is E2E's (the last block trains through the backbone's classifier)
+    assert cells[1][col["params"]] == cells[0][col["params"]] and cells[0][col["head params"]] == "0"
+    for text in ("peak mem (MiB)", "mem / E2E", "step CPU (ms)", "CPU / E2E", "tensor-storage tracker", "## Machine",
+                 "cores", "python train.py compare --config", "--grid model.method=e2e,local", *PNGS):
         assert text in report, text
 
 

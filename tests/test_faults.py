@@ -350,7 +350,7 @@ def test_13_the_top_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["fit", "--model.nm_blocks", "4"], "error: unknown option --model.nm_blocks (did you mean --model.num_blocks?)"),
-    (["fit", "--model.method", "locl"], "error: --model.method: 'locl' is not one of e2e, e2e_checkpoint, local (did you mean local?)"),
+    (["fit", "--model.method", "locl"], "error: --model.method: 'locl' is not one of e2e, e2e_checkpoint, local, local_checkpoint (did you mean local?)"),
     (["fitt"], "error: unknown command 'fitt' (did you mean fit?); commands: fit, validate, test, predict, memory, "
                "compare, check-data"),
 ])

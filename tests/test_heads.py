@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -109,6 +111,44 @@ def test_glcan_one_buffer_backward_is_exact() -> None:
     ctx, pooled = _ReadOnce.apply(x, block.mask.weight, block.mask.bias, (2, 2))
     assert torch.allclose(ctx, block.context(x)) and torch.allclose(pooled, F.adaptive_avg_pool2d(x, 2))
     assert torch.autograd.gradcheck(lambda *t: _ReadOnce.apply(*t, (2, 2)), (x, block.mask.weight, block.mask.bias))
+
+
+def _glcan_logits_by_convolutions(head, h: torch.Tensor) -> torch.Tensor:
+    """The GLCAN head written with the convolutions its fast paths replace: the C -> 1 attention
+    conv, the context transform as 1x1 convs and LayerNorm on N x C x 1 x 1 maps."""
+    cb = head.context_block
+    attn = torch.softmax(F.conv2d(h, cb.mask.weight, cb.mask.bias).flatten(2), dim=-1)
+    ctx = torch.matmul(h.flatten(2), attn.transpose(1, 2)).unsqueeze(-1)
+    local = head.local(F.adaptive_avg_pool2d(h, head.pool_hw))
+    fused = torch.relu(local + cb.transform(ctx))  # nn.Sequential of Conv2d, LayerNorm([C,1,1]), ReLU, Conv2d
+    return head.classifier(torch.cat([head.grid(fused).flatten(1), ctx.flatten(1)], dim=1))
+
+
+def test_glcan_fast_paths_equal_the_convolutions() -> None:
+    """Attention as a matmul and the transform as linear layers: same values, same gradients."""
+    torch.manual_seed(0)
+    fast = build_head("glcan", (16, 8, 8), 10, image_shape=IMAGE).double()
+    nn.init.normal_(fast.context_block.transform[-1].weight)  # non-zero: the context path counts
+    slow = copy.deepcopy(fast)
+    h = torch.randn(3, 16, 8, 8, dtype=torch.float64, requires_grad=True)
+    h2 = h.detach().clone().requires_grad_()
+    out_fast, out_slow = fast(h), _glcan_logits_by_convolutions(slow, h2)
+    torch.testing.assert_close(out_fast, out_slow)
+    (out_fast ** 2).sum().backward()
+    (out_slow ** 2).sum().backward()
+    torch.testing.assert_close(h.grad, h2.grad)
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_context_block_attention_and_transform_equal_the_convolutions() -> None:
+    block = ContextBlock(12, pooling="gc").double()
+    nn.init.normal_(block.transform[-1].weight)
+    x = torch.randn(2, 12, 5, 7, dtype=torch.float64)
+    by_conv = torch.softmax(F.conv2d(x, block.mask.weight, block.mask.bias).flatten(2), dim=-1)
+    torch.testing.assert_close(block.attention(x), by_conv)
+    ctx = torch.randn(2, 12, 1, 1, dtype=torch.float64)
+    torch.testing.assert_close(block.transform_context(ctx), block.transform(ctx))
 
 
 def test_infopro_loss_mixes_reconstruction_and_task() -> None:

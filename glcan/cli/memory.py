@@ -18,7 +18,8 @@ from glcan.memory.report import format_report, memory_report
 OWN = {
     "--json": {"action": "store_true", "help": "print the report as one JSON object"},
     "--budget": {"type": Optional[str], "default": None,
-                 "help": "a GPU memory budget (4GiB, 12GB, bytes): say which methods fit it"},
+                 "help": "a GPU memory budget (4GiB, 12GB, bytes): which methods fit it, which to use "
+                         "(--model.memory_policy accuracy|speed)"},
 }
 OWN_HELP = {"--budget SIZE": OWN["--budget"]["help"], "--json": OWN["--json"]["help"]}
 
@@ -27,7 +28,8 @@ def main(args: list[str]) -> int:
     cli = GLCanCLI(args, extra=OWN)
     cfg, dm, model = cli.config, cli.datamodule, cli.model
     report = memory_report(model, dm.batch_size, dm.image_shape, dm.num_classes,
-                           precision=str(cfg.trainer.precision or "32-true"), budget=cfg.get("budget"))
+                           precision=str(cfg.trainer.precision or "32-true"), budget=cfg.get("budget"),
+                           prefer=model.hparams.memory_policy)
     config = ", ".join(str(c) for c in (cfg.get("config") or [])) or None
     if cfg.get("json"):
         print(json.dumps({"config": config, **report}))

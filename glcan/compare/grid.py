@@ -13,7 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-STRUCTURAL = ("model.num_blocks", "model.head", "model.split", "model.head_kwargs", "model.block_lr_scale")
+from glcan.core.build import is_local
+
+STRUCTURAL = ("model.num_blocks", "model.head", "model.split", "model.head_kwargs", "model.block_lr_scale",
+              "model.last_head")
 
 
 class CompareError(ValueError):
@@ -93,19 +96,19 @@ def expand(opts: Options, base: dict[str, Any]) -> Plan:
     for combo in itertools.product(*[v for _, v in opts.grid]):
         over = dict(zip(keys, combo))
         method = over.get("model.method", str(base["model.method"]))
-        if method != "local":
+        if not is_local(method):
             over = {k: v for k, v in over.items() if k not in STRUCTURAL}
         ident = tuple(over.items())
         if ident in seen:
             continue
         seen.add(ident)
-        k = int(over.get("model.num_blocks", base["model.num_blocks"])) if method == "local" else None
-        head = over.get("model.head", base["model.head"]) if method == "local" else None
+        k = int(over.get("model.num_blocks", base["model.num_blocks"])) if is_local(method) else None
+        head = over.get("model.head", base["model.head"]) if is_local(method) else None
         extras = {kk: v for kk, v in over.items() if kk not in ("model.method", "model.num_blocks", "model.head")}
         configs.append((over, method, k, head, extras))
     stems = []
     for over, method, k, head, extras in configs:
-        stem = f"local_k{k}_{_slug(str(head))}" if method == "local" else _slug(method)
+        stem = f"{method}_k{k}_{_slug(str(head))}" if is_local(method) else _slug(method)
         stems.append(stem + "".join(f"_{shorts[kk]}-{_slug(v)}" for kk, v in extras.items()))
     stems = [f"{s}-{i}" if stems.count(s) > 1 else s for i, s in enumerate(stems)]  # values that slug alike
     points = [Point(f"{stem}_s{seed}", seed, over, method, k, head, extras)

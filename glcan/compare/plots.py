@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from glcan.compare.report import short_method
 from glcan.compare.results import MIB, Group, Run
+from glcan.core.build import is_local
 
 MARKERS = {"glcan": "o", "linear": "s", "dgl": "^", "infopro": "D"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -28,7 +29,7 @@ def styles(groups: list[Group]) -> dict[str, dict[str, Any]]:
     for g in groups:
         if g.method == "e2e":
             out[g.config_id] = {"color": "black", "marker": "*", "size": 260}
-        elif g.method != "local":
+        elif not is_local(g.method):
             out[g.config_id] = {"color": "dimgray", "marker": "P", "size": 150}
         else:
             out[g.config_id] = {"color": PALETTE[n % len(PALETTE)], "marker": MARKERS.get(str(g.head), "v"), "size": 80}
@@ -59,7 +60,7 @@ def acc_vs_memory(path: Path, groups: list[Group], runs: list[Run]) -> str:
         xs, ys = zip(*pts)
         style = st[g.config_id]
         ax.scatter(xs, ys, s=style["size"], marker=style["marker"], color=style["color"], label=g.label,
-                   edgecolors="white" if g.method == "local" else "black", linewidths=0.6, zorder=3)
+                   edgecolors="white" if is_local(g.method) else "black", linewidths=0.6, zorder=3)
         ax.annotate(g.label, (xs[0], ys[0]), xytext=(7, 6), textcoords="offset points", fontsize=9,
                     fontweight="bold" if g.method == "e2e" else "normal", color=style["color"])
     methods = sorted({g.memory_method() for g in groups if g.memory_method()})
@@ -85,7 +86,7 @@ def block_acc(path: Path, groups: list[Group], runs: list[Run]) -> str:
         if not means or all(m is None for m in means):
             continue
         style = st[g.config_id]
-        if g.method != "local":
+        if not is_local(g.method):
             ax.axhline(100 * means[-1], color=style["color"], linestyle="--", linewidth=1.4,
                        label=f"{g.label} (whole network)")
             continue
@@ -134,8 +135,8 @@ def loss_curves(path: Path, groups: list[Group], runs: list[Run], out: Path) -> 
             if not steps:
                 continue
             columns.add(column)
-            ax.plot(steps, losses, color=st[g.config_id]["color"], linewidth=1.5 if g.method == "local" else 2.2,
-                    linestyle="-" if g.method == "local" else "--", marker="o" if len(steps) < 4 else "." if len(steps) < 30 else None,
+            ax.plot(steps, losses, color=st[g.config_id]["color"], linewidth=1.5 if is_local(g.method) else 2.2,
+                    linestyle="-" if is_local(g.method) else "--", marker="o" if len(steps) < 4 else "." if len(steps) < 30 else None,
                     alpha=0.9, label=None if labelled else g.label)
             labelled = True
     ax.set_xlabel("training step (batches)")

@@ -16,14 +16,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from glcan.compare.results import Group, Run
+from glcan.core.build import is_local
 from glcan.io import write_text
 
-HEADERS = ["method", "K", "head", "seeds", "test acc (%)", "per-block acc (%)", "peak mem (MiB)",
-           "measured by", "mem / E2E", "step (ms)", "time / E2E"]
+HEADERS = ["method", "K", "head", "seeds", "test acc (%)", "per-block acc (%)", "params", "head params",
+           "peak mem (MiB)", "measured by", "mem / E2E", "step CPU (ms)", "CPU / E2E", "step wall (ms)"]
 
 
 def _num(v: Optional[float], spec: str = ".1f", suffix: str = "") -> str:
     return "n/a" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _count(v: Optional[int]) -> str:
+    return "n/a" if v is None else f"{v / 1e6:.2f}M" if v >= 10**6 else f"{v / 1e3:.1f}k" if v >= 1000 else str(v)
 
 
 def short_method(method: Optional[str]) -> str:
@@ -39,14 +44,15 @@ def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
         mean, std = g.acc()
         acc = "missing" if mean is None else f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
         blocks = " / ".join(_num(None if b is None else 100 * b) for b in g.block_acc()) or "n/a"
-        local = g.method == "local"
+        local = is_local(g.method)
         n_ok, n = len(g.ok), len(g.runs)
         rows.append([
             g.method, str(g.num_blocks) if local else "—", str(g.head) if local else "—",
             *[g.extras.get(k, "—") for k in extra_keys],
-            str(n) if n_ok == n else f"{n_ok} of {n}", acc, blocks, _num(g.memory_mib()),
-            short_method(g.memory_method()), _num(g.ratio("memory"), ".2f", "×"), _num(g.step_ms()),
-            _num(g.ratio("time"), ".2f", "×"),
+            str(n) if n_ok == n else f"{n_ok} of {n}", acc, blocks, _count(g.params()), _count(g.params("head_params")),
+            _num(g.memory_mib()), short_method(g.memory_method()), _num(g.ratio("memory"), ".2f", "×"),
+            _num(g.step_cpu_ms()), _num(g.ratio("time"), ".2f", "×") + ("*" if g.time_caveat() else ""),
+            _num(g.step_ms()),
         ])
     return headers, rows
 
@@ -95,8 +101,17 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
               "**per-block**: each block's own head on the test set (block 1 first; E2E has one).",
               "- **peak memory**: `peak_memory_bytes` of each run's summary.json (mean over seeds), measured by: "
               + ("; ".join(f"`{m}`" for m in methods) or "n/a") + ".",
-              "- **step time**: median wall time of one training batch (all K block updates), median over seeds; "
-              "ratios are to the E2E row with the same other settings."]
+              "- **params**: the deployed network's parameters (the blocks and the classifier: what E2E trains too); "
+              "**head params**: the auxiliary heads', used in training only.",
+              "- **step CPU**: median process CPU time of one training batch (all K block updates), median over "
+              "seeds; **CPU / E2E** is the ratio to the E2E row with the same other settings, taken from CPU time "
+              "(runs made minutes apart on a shared machine differ 2-10x in wall time for the same work). "
+              "**step wall**: the median wall time, for reference only."]
+    caveats = sorted({c for g in groups if (c := g.time_caveat())})
+    if caveats:
+        lines.append("- **\\***: not a trustworthy time ratio: " + "; ".join(caveats) + " (summary.json `others_cpu`, "
+                     "`threads`). For a ratio you can trust, use `python bench/step_time.py` (interleaved in one "
+                     "process).")
     timed = [int(x["timed_steps"]) for g in groups for x in g.ok if x.get("timed_steps") is not None]
     if timed and min(timed) < 10:
         lines.append(f"- **caution**: some step times come from only {min(timed)} timed step(s) "
@@ -130,7 +145,9 @@ def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None
     from rich.table import Table
 
     headers, rows = table(groups)
-    caption = status_line(runs).replace("**", "") + " Peak memory: mean, step time: median over seeds; ratios to E2E."
+    caption = status_line(runs).replace("**", "") + (" Peak memory: mean, step CPU time: median over seeds; ratios to"
+                                                     " E2E (time from CPU time; * = measured under load or with other"
+                                                     " thread counts).")
     methods = {r[headers.index("measured by")] for r in rows} - {"n/a"}
     if len(methods) == 1:  # one measuring method: say it once, keep the table narrow
         i = headers.index("measured by")

@@ -17,9 +17,11 @@ from typing import Any, Optional
 
 from glcan.compare.grid import STRUCTURAL, Point
 from glcan.compare.runner import SUMMARY, Outcome, run_dir
+from glcan.core.build import is_local
 from glcan.io import write_csv as write_csv_file
 
 MIB = 2**20
+LOAD_LIMIT = 0.25  # cores used by other processes above which a time is "measured under load"
 
 
 @dataclass
@@ -51,8 +53,8 @@ class Group:
 
     @property
     def label(self) -> str:
-        if self.method == "local":
-            text = f"local K={self.num_blocks} {self.head}"
+        if is_local(self.method):
+            text = f"{self.method.replace('_', ' ')} K={self.num_blocks} {self.head}"
         else:
             text = "E2E" if self.method == "e2e" else "E2E (checkpointed)" if self.method == "e2e_checkpoint" else self.method
         return text + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in self.extras.items())
@@ -82,14 +84,43 @@ class Group:
         return "; ".join(methods) if methods else None
 
     def step_ms(self) -> Optional[float]:
+        """Median wall-clock time per batch (what a user waits; not comparable across runs made
+        at different times on a shared machine)."""
         v = self.values("step_time_ms")
         return statistics.median(v) if v else None
 
+    def step_cpu_ms(self) -> Optional[float]:
+        """Median process CPU time per batch: what time ratios are taken from."""
+        v = self.values("step_cpu_ms")
+        return statistics.median(v) if v else None
+
+    def params(self, key: str = "params") -> Optional[int]:
+        v = self.values(key)
+        return int(v[0]) if v else None
+
+    def under_load(self) -> bool:
+        """Other processes used the CPU while these runs were timed (over LOAD_LIMIT cores)."""
+        return any((s.get("others_cpu") or 0) > LOAD_LIMIT for s in self.ok)
+
+    def threads(self) -> set:
+        return {s.get("threads") for s in self.ok}
+
     def ratio(self, what: str) -> Optional[float]:
+        """To the E2E reference: ``memory`` (peak bytes) or ``time`` (process CPU time per batch)."""
         if self.ref is None:
             return None
-        mine, ref = (self.memory_mib(), self.ref.memory_mib()) if what == "memory" else (self.step_ms(), self.ref.step_ms())
+        mine, ref = (self.memory_mib(), self.ref.memory_mib()) if what == "memory" else (self.step_cpu_ms(), self.ref.step_cpu_ms())
         return mine / ref if mine is not None and ref else None
+
+    def time_caveat(self) -> Optional[str]:
+        """Why this row's time ratio should not be trusted, or None."""
+        if self.ref is None:
+            return None
+        if self.under_load() or self.ref.under_load():
+            return "measured while other processes used the CPU"
+        if self.threads() != self.ref.threads() or len(self.threads()) > 1:
+            return "runs used different thread counts"
+        return None
 
 
 def load_summary(path: Path) -> Optional[dict[str, Any]]:

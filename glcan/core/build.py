@@ -17,7 +17,14 @@ from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundari
 from glcan.heads import ModuleHead, build_head
 from glcan.backbones import Backbone, build_backbone
 
-METHODS = ("e2e", "e2e_checkpoint", "local")
+METHODS = ("e2e", "e2e_checkpoint", "local", "local_checkpoint")
+LOCAL_METHODS = ("local", "local_checkpoint")
+LAST_HEADS = ("classifier", "head")
+
+
+def is_local(method: str) -> bool:
+    """Whether ``method`` trains K blocks from their own heads (with or without recomputation)."""
+    return method in LOCAL_METHODS
 
 #: ``memory_split(units, unit_output_shapes, num_blocks) -> boundaries``
 MemorySplit = Callable[[Sequence[nn.Module], Sequence[tuple[int, ...]], int], list[int]]
@@ -132,27 +139,34 @@ def build_network(
     head_kwargs: Optional[dict[str, Any]],
     num_classes: int,
     image_shape: Sequence[int],
+    last_head: str = "classifier",
     memory_split: Optional[MemorySplit] = None,
 ) -> SplitNetwork:
-    """The network a method trains: E2E keeps one block and the backbone's own classifier;
-    local learning cuts the units into ``num_blocks`` blocks and puts a ``head`` on each.
+    """The network a method trains.
+
+    E2E keeps one block and the backbone's own classifier. Local learning cuts the units into
+    ``num_blocks`` blocks and puts a ``head`` on each; the last block ends in the backbone's own
+    classifier (``last_head="classifier"``: the deployed network is then exactly E2E's, with
+    the same parameters) or in a ``head`` like the others (``last_head="head"``). The
+    ``_checkpoint`` methods recompute every unit's activations in its backward (per-unit
+    gradient checkpointing), in the one block of E2E or inside each local block.
 
     ``memory_split(units, shapes, K)`` places the boundaries for ``split="memory"`` (uniform
     when it is not given).
     """
     if method not in METHODS:
         raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
-    boundaries: list[int] = []
-    heads: list[nn.Module] = []
-    if method == "local":
-        shapes = probe_shapes(backbone.units, image_shape)
-        by_memory = None if memory_split is None else (lambda k: memory_split(backbone.units, shapes, k))
-        boundaries = resolve_boundaries(split, len(shapes), num_blocks, by_memory)
-        heads = make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)
+    if last_head not in LAST_HEADS:
+        raise ValueError(f"model.last_head must be one of {', '.join(LAST_HEADS)}, got {last_head!r}")
     units = list(backbone.units)
-    if method == "e2e":
-        return SplitNetwork([nn.Sequential(*units)], [ModuleHead(backbone.classifier)])
-    if method == "e2e_checkpoint":
-        return SplitNetwork([CheckpointedSequential(*units)], [ModuleHead(backbone.classifier)])
-    blocks = [nn.Sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]
+    sequential = CheckpointedSequential if method.endswith("_checkpoint") else nn.Sequential
+    if not is_local(method):
+        return SplitNetwork([sequential(*units)], [ModuleHead(backbone.classifier)])
+    shapes = probe_shapes(units, image_shape)
+    by_memory = None if memory_split is None else (lambda k: memory_split(units, shapes, k))
+    boundaries = resolve_boundaries(split, len(shapes), num_blocks, by_memory)
+    heads = make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)
+    if last_head == "classifier":
+        heads[-1] = ModuleHead(backbone.classifier)
+    blocks = [sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]
     return SplitNetwork(blocks, heads, boundaries)

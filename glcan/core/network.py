@@ -20,14 +20,18 @@ class CheckpointedSequential(nn.Sequential):
     """Units run under per-unit gradient checkpointing while training.
 
     Only each unit's input is kept during the forward pass; a unit's activations are recomputed
-    when its backward runs. This is the memory-saving alternative users weigh local learning
-    against. Note that BatchNorm's running statistics see the recomputed forward too (the usual
-    behaviour of torch.utils.checkpoint).
+    when its backward runs. The last unit is not checkpointed (as in
+    ``torch.utils.checkpoint.checkpoint_sequential``): its backward comes first, right after the
+    forward, so recomputing it would cost time and save nothing. This is the memory-saving
+    alternative users weigh local learning against (``e2e_checkpoint``), and, inside each block,
+    local learning's lowest-memory variant (``local_checkpoint``). BatchNorm's running
+    statistics see the recomputed forward too (the usual behaviour of torch.utils.checkpoint).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for unit in self:
-            if self.training and torch.is_grad_enabled():
+        recompute = self.training and torch.is_grad_enabled()
+        for i, unit in enumerate(self):
+            if recompute and i < len(self) - 1:
                 x = checkpoint(unit, x, use_reentrant=False)
             else:
                 x = unit(x)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from glcan.heads.base import AuxHead
-from glcan.heads.context_block import ContextBlock, Fusion, Pooling
+from glcan.heads.context_block import ContextBlock, Fusion, Pooling, attention_logits
 from glcan.heads.registry import register_head
 
 
@@ -57,7 +57,7 @@ class _ReadOnce(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: tuple[int, int]):
         n, c = x.shape[:2]
         flat = x.reshape(n, c, -1)
-        attn = torch.softmax(F.conv2d(x, weight, bias).reshape(n, 1, -1), dim=-1)
+        attn = torch.softmax(attention_logits(x, weight, bias), dim=-1)
         context = torch.matmul(flat, attn.transpose(1, 2)).unsqueeze(-1)  # N x C x 1 x 1
         ctx.save_for_backward(x, weight, attn)
         return context, F.adaptive_avg_pool2d(x, size)

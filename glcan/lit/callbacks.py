@@ -70,13 +70,24 @@ class MemoryMeter(L.Callback):
         return (self.meter or PeakMeter(torch.device("cpu"))).result()
 
 
+def system_busy_s() -> Optional[float]:
+    """CPU seconds every process on the machine has used (Linux /proc/stat), or None."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
 class StepTimer(L.Callback):
     """Time per training batch (all K block updates): wall clock and process CPU time.
 
     Wall-clock times of runs made minutes apart on a shared machine are not comparable (the
-    other processes vary); process CPU time with the thread count recorded is, and the load
-    average before and after says how shared the machine was. Batches measured by the memory
-    meter are left out (its tracker slows them down); medians are reported.
+    other processes vary); process CPU time with the thread count recorded is. Beside them the
+    timer records how much CPU *other* processes used during the timed steps (``others_cpu``,
+    in cores: the machine's busy time minus this process's, over the wall time), so a report
+    can say when a time was measured under load. Batches measured by the memory meter are left
+    out (its tracker slows them down); medians are reported.
 
     Args:
         warmup: batches to skip at the start of training.
@@ -87,7 +98,8 @@ class StepTimer(L.Callback):
         self.wall_ms: list[float] = []
         self.cpu_ms: list[float] = []
         self._seen = 0
-        self._start: Optional[tuple[float, float]] = None
+        self._start: Optional[tuple[float, float, Optional[float]]] = None
+        self._busy = [0.0, 0.0, 0.0]  # machine busy s, own CPU s, wall s (over the timed steps)
         self.load: list[float] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -101,23 +113,28 @@ class StepTimer(L.Callback):
         if self._seen >= self.warmup and not any(getattr(cb, "active", False) for cb in trainer.callbacks):
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize()
-            self._start = (time.perf_counter(), time.process_time())
+            self._start = (time.perf_counter(), time.process_time(), system_busy_s())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._start is not None:
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize()
-            self.wall_ms.append((time.perf_counter() - self._start[0]) * 1000.0)
-            self.cpu_ms.append((time.process_time() - self._start[1]) * 1000.0)
+            wall, cpu, busy = time.perf_counter() - self._start[0], time.process_time() - self._start[1], system_busy_s()
+            self.wall_ms.append(wall * 1000.0)
+            self.cpu_ms.append(cpu * 1000.0)
+            if busy is not None and self._start[2] is not None:
+                self._busy = [self._busy[0] + busy - self._start[2], self._busy[1] + cpu, self._busy[2] + wall]
         self._seen += 1
 
     def result(self) -> dict[str, Any]:
         """The fields this callback contributes to summary.json."""
+        busy, own, wall = self._busy
         return {
             "step_time_ms": statistics.median(self.wall_ms) if self.wall_ms else None,
             "step_cpu_ms": statistics.median(self.cpu_ms) if self.cpu_ms else None,
             "timed_steps": len(self.wall_ms),
             "threads": torch.get_num_threads(),
+            "others_cpu": round(max(0.0, (busy - own) / wall), 3) if wall > 0 else None,
             "load_before": self.load[0] if self.load else None,
             "load_after": self.load[-1] if len(self.load) > 1 else None,
             "cpu_count": os.cpu_count(),

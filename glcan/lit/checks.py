@@ -20,6 +20,7 @@ def checkpoint_identity(module: Any) -> dict[str, Any]:
         "num_blocks": module.net.num_blocks,
         "boundaries": list(module.net.boundaries),
         "head": h.head if module.is_local else None,
+        "last_head": h.get("last_head", "classifier") if module.is_local else None,
         "num_classes": h.num_classes,
         "optimizer": module.optimizer_name,
     }

@@ -20,16 +20,20 @@ STAGES = ("train", "val", "test")
 
 class BlockMetrics(nn.Module):
     """Top-1 accuracy of every head for train/val/test, and the last head's top-5 when there are
-    more than 10 classes. ``acc(stage)[k]`` is block k's metric."""
+    more than 10 classes. ``acc(stage)[k]`` is block k's metric.
+
+    ``validate_args=False``: the input checks wait for the device (a sync per block per step);
+    the inputs here are the heads' own logits and the loader's labels.
+    """
 
     def __init__(self, num_blocks: int, num_classes: int) -> None:
         super().__init__()
         # ModuleDict keys may not shadow nn.Module methods such as `train`: suffix them.
         self._acc = nn.ModuleDict(
-            {f"{s}_acc": nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in range(num_blocks)) for s in STAGES}
+            {f"{s}_acc": nn.ModuleList(MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(num_blocks)) for s in STAGES}
         )
         self._top5 = nn.ModuleDict(
-            {f"{s}_top5": MulticlassAccuracy(num_classes, top_k=5, average="micro") for s in ("val", "test")} if num_classes > 10 else {}
+            {f"{s}_top5": MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False) for s in ("val", "test")} if num_classes > 10 else {}
         )
 
     def acc(self, stage: str) -> nn.ModuleList:

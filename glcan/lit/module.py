@@ -20,7 +20,7 @@ from torch import nn
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from glcan.core.build import as_backbone, build_network
+from glcan.core.build import as_backbone, build_network, is_local
 from glcan.core.step import BlockUpdate, check_finite, e2e_loss, local_step
 from glcan.lit.auto import choose_for_budget
 from glcan.lit.checks import (check_checkpoint_matches, check_schedule_length, checkpoint_identity,
@@ -42,7 +42,8 @@ class GLCanModule(L.LightningModule):
         backbone: a registry name (``resnet20``, ``resnet110``, ``resnet50``, ``vgg16_bn``, ...) or
             your own network: a ``glcan.backbones.Backbone``, an ``nn.Sequential`` or list of
             units, or (from a config) ``class_path`` to a function that returns one.
-        method: ``e2e``, ``e2e_checkpoint`` or ``local``.
+        method: ``e2e``, ``e2e_checkpoint``, ``local`` or ``local_checkpoint`` (local blocks that
+            recompute their units' activations in the backward: less memory, more time).
         num_blocks: K, the number of blocks in local mode (ignored by E2E); ``auto`` picks the
             smallest K whose predicted peak fits ``memory_budget``.
         split: ``uniform`` (equal unit counts), ``memory`` (balance predicted training memory)
@@ -50,6 +51,8 @@ class GLCanModule(L.LightningModule):
         head: the auxiliary head of every block in local mode: ``glcan``, ``linear``, ``dgl``,
             ``infopro``. The last block's head is the network's classifier.
         head_kwargs: options passed to the head (e.g. ``{"pooling": "avg"}`` or ``{"lam": 0.5}``).
+        last_head: what trains the last block: ``classifier``, the backbone's own (the deployed
+            network is exactly E2E's), or ``head``, one like the other blocks'.
         optimizer: built once per block in local mode, once for the network in E2E
             (default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4).
         scheduler: built once per optimizer; named ``lr/block{k}`` in local mode.
@@ -63,17 +66,21 @@ class GLCanModule(L.LightningModule):
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
         memory_budget: with ``num_blocks: auto``, the GPU memory to fit (``4GiB``, ``12GB`` or
             bytes).
+        memory_policy: with ``num_blocks: auto``: ``accuracy`` takes the fewest blocks that fit,
+            recomputing inside them if that is what it takes (``local_checkpoint``); ``speed``
+            the cheapest step (no recomputation, more blocks).
         precision: the precision memory predictions assume; linked from ``trainer.precision``.
     """
 
     def __init__(
         self,
         backbone: Union[str, nn.Module] = "resnet20",
-        method: Literal["e2e", "e2e_checkpoint", "local"] = "local",
+        method: Literal["e2e", "e2e_checkpoint", "local", "local_checkpoint"] = "local",
         num_blocks: Union[int, Literal["auto"]] = 4,
         split: Union[Literal["uniform", "memory"], list[int]] = "memory",
         head: str = "glcan",
         head_kwargs: Optional[dict[str, Any]] = None,
+        last_head: Literal["classifier", "head"] = "classifier",
         optimizer: Optional[OptimizerCallable] = None,
         scheduler: Optional[LRSchedulerCallable] = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -84,24 +91,30 @@ class GLCanModule(L.LightningModule):
         batch_size: int = 128,
         small_input: Optional[bool] = None,
         memory_budget: Optional[Union[int, str]] = None,
+        memory_policy: Literal["accuracy", "speed"] = "accuracy",
         precision: str = "32-true",
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters and k != "self"}
         self.init_arguments = dict(args)  # what rebuild() starts from (real objects, not their records)
-        if method == "local" and num_blocks == "auto":
-            num_blocks = choose_for_budget(type(self), args).num_blocks
-            self.init_arguments["num_blocks"] = num_blocks  # chosen once: a rebuild does not search again
+        if is_local(method) and num_blocks == "auto":
+            choice = choose_for_budget(type(self), args)
+            method, num_blocks = choice.method, choice.num_blocks
+            # Chosen once: a rebuild does not search again.
+            self.init_arguments.update(method=method, num_blocks=num_blocks)
+            args.update(method=method)
         self.save_hyperparameters(self._record(args, num_blocks))
         self.optimizer_factory = factory_from_spec(optimizer, "model.optimizer") or DEFAULT_OPTIMIZER
         self.scheduler_factory = factory_from_spec(scheduler, "model.scheduler")
         built = as_backbone(backbone, num_classes, image_shape, small_input)
         self.backbone_name = built.name
-        self.net = build_network(built, method, num_blocks=num_blocks if method == "local" else 1, split=split,
+        self.net = build_network(built, method, num_blocks=num_blocks if is_local(method) else 1, split=split,
                                  head=head, head_kwargs=head_kwargs, num_classes=num_classes, image_shape=image_shape,
+                                 last_head=last_head,
                                  memory_split=functools.partial(memory_split, head=head, head_kwargs=head_kwargs,
                                                                 num_classes=num_classes, image_shape=image_shape,
-                                                                batch_size=batch_size))
+                                                                batch_size=batch_size, last_head=last_head,
+                                                                recompute=method == "local_checkpoint"))
         if block_lr_scale is not None and len(block_lr_scale) != self.net.num_blocks:
             raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({self.net.num_blocks})")
         # torchmetrics deep-copies its state tensors, which FakeTensors do not survive (the memory
@@ -151,7 +164,7 @@ class GLCanModule(L.LightningModule):
 
     @property
     def is_local(self) -> bool:
-        return self.hparams.method == "local"
+        return is_local(self.hparams.method)
 
     @property
     def optimizer_name(self) -> Optional[str]:

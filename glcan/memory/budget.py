@@ -100,37 +100,87 @@ def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Un
     return BudgetChoice(num_blocks=k, peak_bytes=peak(k), budget_bytes=budget_bytes, tried=dict(sorted(tried.items())))
 
 
-def budget_answer(budget: Union[int, str], e2e_bytes: int, e2e_checkpoint_bytes: int,
-                  local_peak: Callable[[int], int], num_units: int) -> dict[str, Any]:
-    """What fits ``budget``: E2E, E2E with checkpointing, and the smallest local K.
+@dataclass
+class Candidate:
+    """One way to train within a budget: a method, its K, its predicted peak and step cost."""
 
-    Fewer blocks are more accurate, so the preference is E2E, then E2E with checkpointing (the
-    same network and accuracy, at the price of recomputation), then the smallest K.
+    method: str
+    num_blocks: int
+    peak_bytes: int
+    relative_time: Optional[float] = None  # step FLOPs / E2E's (forward, backward, recomputation)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.method.startswith("e2e") else f"{self.method} K={self.num_blocks}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "num_blocks": self.num_blocks, "peak_bytes": self.peak_bytes,
+                "need_bytes": int(need(self.peak_bytes)), "relative_time": self.relative_time}
+
+
+POLICIES = ("accuracy", "speed")
+
+
+def rank(candidates: list[Candidate], prefer: str) -> list[Candidate]:
+    """The candidates in the order a policy prefers them.
+
+    ``accuracy``: fewer blocks first (E2E and E2E with checkpointing count as one block), and at
+    equal K no recomputation first: every block boundary cuts gradients off, recomputation only
+    costs time. ``speed``: the smallest relative step time first.
+    """
+    if prefer not in POLICIES:
+        raise BudgetError(f"model.memory_policy must be one of {', '.join(POLICIES)}, got {prefer!r}")
+    if prefer == "speed":
+        return sorted(candidates, key=lambda c: (c.relative_time if c.relative_time is not None else 9.9, c.num_blocks))
+    return sorted(candidates, key=lambda c: (c.num_blocks, c.method.endswith("checkpoint"), c.method.startswith("local")))
+
+
+def frontier(budget: Union[int, str], peak_of: Callable[[str, int], int], num_units: int,
+             time_of: Optional[Callable[[str, int], float]] = None, prefer: str = "accuracy") -> dict[str, Any]:
+    """Every method that fits ``budget``: E2E, E2E with checkpointing, and the smallest K of
+    local learning with and without recomputation; the one the policy picks, and why.
+
+    Args:
+        budget: bytes or a size (``12GiB``).
+        peak_of: ``peak_of(method, K)``, the predicted peak of that method at that K.
+        num_units: the backbone's units (the largest K).
+        time_of: ``time_of(method, K)``, the relative step time (how it is estimated is the
+            caller's to say).
+        prefer: ``accuracy`` or ``speed`` (see :func:`rank`).
     """
     b = parse_bytes(budget)
-    rows = [("e2e", None, e2e_bytes), ("e2e_checkpoint", None, e2e_checkpoint_bytes)]
-    try:
-        choice: Optional[BudgetChoice] = choose_num_blocks(local_peak, num_units, b)
-        rows.append(("local", choice.num_blocks, choice.peak_bytes))
-    except BudgetError:
-        choice = None
-    fitting = [{"method": m, "num_blocks": k, "peak_bytes": p, "need_bytes": int(need(p))} for m, k, p in rows if fits(p, b)]
-    head = f"budget {b / GIB:.2f} GiB (needs = predicted peak + {ALLOCATOR_MARGIN:.0%} + {CUDA_CONTEXT_BYTES // 2**20} MiB CUDA context):"
-    lines = [head]
-    for m, k, p in rows:
-        label = f"local K={k} (the smallest K that fits)" if m == "local" else m
-        lines.append(f"  {label:<38} needs {need(p) / GIB:7.3f} GiB  {'fits' if fits(p, b) else 'does not fit'}")
-    if choice is None:
-        lines.append(f"  local, even with one unit per block (K={num_units}): does not fit; lower data.batch_size "
-                     "or data.image_size, or use trainer.precision bf16-mixed")
+    tried: list[Candidate] = [Candidate("e2e", 1, peak_of("e2e", 1)),
+                              Candidate("e2e_checkpoint", 1, peak_of("e2e_checkpoint", 1))]
+    missing = []
+    for method in ("local", "local_checkpoint"):
+        try:
+            choice = choose_num_blocks(lambda k, m=method: peak_of(m, k), num_units, b)
+            tried.append(Candidate(method, choice.num_blocks, choice.peak_bytes))
+        except BudgetError:
+            missing.append(method)
+    if time_of is not None:
+        for c in tried:
+            c.relative_time = time_of(c.method, c.num_blocks)
+    fitting = rank([c for c in tried if fits(c.peak_bytes, b)], prefer)
+    lines = [f"budget {b / GIB:.2f} GiB (need = predicted peak + {ALLOCATOR_MARGIN:.0%} + "
+             f"{CUDA_CONTEXT_BYTES // 2**20} MiB CUDA context); step time relative to E2E from counted FLOPs:"]
+    for c in tried:
+        smallest = "" if c.method.startswith("e2e") else " (smallest K that fits)"
+        time_text = "" if c.relative_time is None else f"  time x{c.relative_time:.2f}"
+        lines.append(f"  {c.label + smallest:<46} need {need(c.peak_bytes) / GIB:7.3f} GiB{time_text}  "
+                     f"{'fits' if fits(c.peak_bytes, b) else 'does not fit'}")
+    for method in missing:
+        lines.append(f"  {method}, even with one unit per block (K={num_units}): does not fit")
     best = fitting[0] if fitting else None
     if best is None:
-        lines.append("nothing fits this budget")
-    elif best["method"] == "e2e":
-        lines.append("E2E fits: train end to end (model.method e2e); local learning is not needed for memory")
-    elif best["method"] == "e2e_checkpoint":
-        lines.append("E2E with checkpointing fits: same network and accuracy as E2E, at the cost of recomputing "
-                     "activations (model.method e2e_checkpoint)")
+        lines.append("nothing fits this budget: lower data.batch_size or data.image_size, or use trainer.precision bf16-mixed")
+    elif best.method == "e2e":
+        lines.append(f"E2E fits: train end to end (model.method e2e); local learning is not needed for memory "
+                     f"(policy: {prefer})")
+    elif best.method == "e2e_checkpoint":
+        lines.append(f"E2E with checkpointing fits: the same network and accuracy as E2E, at the cost of "
+                     f"recomputing activations (model.method e2e_checkpoint; policy: {prefer})")
     else:
-        lines.append(f"use local learning with model.num_blocks {best['num_blocks']} (or num_blocks: auto)")
-    return {"budget_bytes": b, "fits": fitting, "choice": best, "lines": lines}
+        lines.append(f"use model.method {best.method} with model.num_blocks {best.num_blocks} (policy: {prefer})")
+    return {"budget_bytes": b, "prefer": prefer, "candidates": [c.as_dict() for c in tried],
+            "fits": [c.as_dict() for c in fitting], "choice": best.as_dict() if best else None, "lines": lines}

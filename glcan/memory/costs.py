@@ -10,8 +10,16 @@ the head placed there. A block's cost is then
     + its parameters' gradients + the head's peak,
 
 additive over units, so an exact dynamic programme (glcan.core.split.balanced_boundaries)
-finds the partition with the smallest maximum. What stays resident (parameters, optimizer
-state, the batch) is the same whatever the split and is left out.
+finds the partition with the smallest maximum. With per-unit checkpointing inside the blocks
+(``local_checkpoint``) a block keeps only its units' inputs (the last unit is not checkpointed)
+and recomputes one unit at a time:
+
+    inputs(units but the last) + the largest unit's saved bytes + 2 x largest activation
+    + gradients + head.
+
+The last block's head is the backbone's classifier by default (global pooling and one linear
+layer: nothing worth counting). What stays resident (parameters, optimizer state, the batch) is
+the same whatever the split and is left out.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 out = unit(x.detach().requires_grad_())
             grads = sum(p.numel() * p.element_size() for p in unit.parameters() if p.requires_grad)
-            costs.append({"saved": sum(saved.values()), "out": out.numel() * out.element_size(), "grads": grads})
+            costs.append({"saved": sum(saved.values()), "out": out.numel() * out.element_size(), "grads": grads,
+                          "in": x.numel() * x.element_size()})
             x = out.detach()
     return costs
 
@@ -80,8 +89,13 @@ def memory_split(
     num_classes: int,
     image_shape: Sequence[int],
     batch_size: int,
+    recompute: bool = False,
+    last_head: str = "classifier",
 ) -> list[int]:
-    """The boundaries that balance the blocks' predicted training memory (``split: memory``)."""
+    """The boundaries that balance the blocks' predicted training memory (``split: memory``).
+
+    ``recompute``: the blocks checkpoint every unit (``local_checkpoint``).
+    """
     costs = unit_costs(units, image_shape, batch_size)
     heads: dict[tuple, int] = {}
     for s in shapes:
@@ -89,10 +103,12 @@ def memory_split(
             heads[tuple(s)] = head_peak(head, s, num_classes, image_shape, batch_size, head_kwargs)
     prefix = [0]
     for c in costs:
-        prefix.append(prefix[-1] + c["saved"] + c["grads"])
+        prefix.append(prefix[-1] + (c["in"] if recompute else c["saved"]) + c["grads"])
 
     def block_cost(i: int, j: int) -> float:
         largest = max(c["out"] for c in costs[i:j])
-        return prefix[j] - prefix[i] + 2 * largest + heads[tuple(shapes[j - 1])]
+        recomputed = max(c["saved"] for c in costs[i:j]) - costs[j - 1]["in"] if recompute else 0
+        head_cost = 0 if (j == len(units) and last_head == "classifier") else heads[tuple(shapes[j - 1])]
+        return prefix[j] - prefix[i] + recomputed + 2 * largest + head_cost
 
     return balanced_boundaries(len(units), num_blocks, block_cost)

@@ -130,3 +130,20 @@ def predict(
         x = torch.randn(batch_size, *image_shape)
         y = torch.randint(0, num_classes, (batch_size,))
         return measure_steps(module, x, y, steps=steps, precision=precision)
+
+
+def count_step_flops(build: Callable[[], Any], batch_size: int, image_shape: Sequence[int], num_classes: int) -> int:
+    """FLOPs of one training step of the module ``build()`` returns (forward, backward, and the
+    forward recomputed by checkpointing), counted by ``FlopCounterMode`` under FakeTensorMode:
+    the relative step time the memory report quotes when no measurement exists."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with fake_mode():
+        module = build()
+        module.train()
+        optimizers = module.build_optimizers()
+        x = torch.randn(batch_size, *image_shape)
+        y = torch.randint(0, num_classes, (batch_size,))
+        with FlopCounterMode(display=False) as counter:
+            run_training_step(module, x, y, optimizers)
+    return int(counter.get_total_flops())

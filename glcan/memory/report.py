@@ -13,8 +13,9 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from glcan.memory.budget import budget_answer
-from glcan.memory.predictor import MemoryEstimate, as_fake, fake_mode, predict
+from glcan.core.build import METHODS
+from glcan.memory.budget import frontier
+from glcan.memory.predictor import MemoryEstimate, as_fake, count_step_flops, fake_mode, predict
 from glcan.memory.tracker import MemoryTracker
 
 GiB = 2**30
@@ -40,20 +41,25 @@ def largest_unit_footprint(units: Sequence[torch.nn.Module], image_shape: Sequen
 
 
 def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_classes: int,
-                  precision: str = "32-true", budget: Optional[Union[int, str]] = None) -> dict[str, Any]:
-    """Predict E2E, E2E with checkpointing and local training of ``module``'s config.
+                  precision: str = "32-true", budget: Optional[Union[int, str]] = None,
+                  prefer: str = "accuracy") -> dict[str, Any]:
+    """Predict E2E, E2E with checkpointing, and local learning with and without recomputation
+    at ``module``'s K, and the floor.
 
     Args:
-        module: a GLCanModule; ``module.rebuild(method=...)`` makes each variant, fake.
+        module: a GLCanModule; ``module.rebuild(method=..., num_blocks=...)`` makes each variant, fake.
         batch_size, image_shape, num_classes: the data the prediction is for.
         precision: ``32-true`` or ``bf16-mixed``.
-        budget: a GPU memory budget: the report then says which methods fit it and the
-            smallest local K that does.
+        budget: a GPU memory budget: the report then lists what fits it (glcan.memory.budget.frontier).
+        prefer: the budget's policy, ``accuracy`` or ``speed``.
     """
-    estimates: dict[str, MemoryEstimate] = {}
-    for method in ("e2e", "e2e_checkpoint", "local"):
-        estimates[method] = predict(lambda m=method: module.rebuild(method=m), batch_size, image_shape, num_classes,
-                                    precision=precision)
+    k = module.net.num_blocks if module.is_local else int(module.init_arguments.get("num_blocks") or 4)
+
+    def estimate(method: str, blocks: int) -> MemoryEstimate:
+        return predict(lambda: module.rebuild(method=method, num_blocks=blocks), batch_size, image_shape, num_classes,
+                       precision=precision)
+
+    estimates = {m: estimate(m, k) for m in METHODS}
     local = estimates["local"]
     with fake_mode():
         units = module.rebuild(method="e2e").net.blocks[0]
@@ -64,10 +70,21 @@ def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_
     e2e = estimates["e2e"].peak_bytes
     answer = None
     if budget is not None:
-        def local_peak(k: int) -> int:
-            return predict(lambda: module.rebuild(method="local", num_blocks=k), batch_size, image_shape, num_classes,
-                           precision=precision).peak_bytes
-        answer = budget_answer(budget, e2e, estimates["e2e_checkpoint"].peak_bytes, local_peak, len(units))
+        peaks = {(m, 1 if m.startswith("e2e") else k): e.peak_bytes for m, e in estimates.items()}
+
+        def peak_of(method: str, blocks: int) -> int:
+            if (method, blocks) not in peaks:
+                peaks[(method, blocks)] = estimate(method, blocks).peak_bytes
+            return peaks[(method, blocks)]
+
+        e2e_flops = count_step_flops(lambda: module.rebuild(method="e2e"), batch_size, image_shape, num_classes)
+
+        def time_of(method: str, blocks: int) -> float:
+            flops = count_step_flops(lambda: module.rebuild(method=method, num_blocks=blocks), batch_size, image_shape,
+                                     num_classes)
+            return flops / e2e_flops
+
+        answer = frontier(budget, peak_of, len(units), time_of, prefer)
     return {
         "config_method": module.hparams.method,
         "backbone": module.backbone_name,
@@ -78,8 +95,10 @@ def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_
         "e2e_bytes": e2e,
         "e2e_checkpoint_bytes": estimates["e2e_checkpoint"].peak_bytes,
         "local_bytes": local.peak_bytes,
+        "local_checkpoint_bytes": estimates["local_checkpoint"].peak_bytes,
         "ratio_to_e2e": local.peak_bytes / e2e,
         "checkpoint_ratio_to_e2e": estimates["e2e_checkpoint"].peak_bytes / e2e,
+        "local_checkpoint_ratio_to_e2e": estimates["local_checkpoint"].peak_bytes / e2e,
         "floor_bytes": floor,
         "floor_unit": unit_index,
         "local_to_floor": local.peak_bytes / floor,
@@ -106,6 +125,8 @@ def format_report(r: dict[str, Any], config: Optional[str] = None) -> str:
         f"  {'e2e':<26}{gib(r['e2e_bytes'])}   1.000",
         f"  {'e2e_checkpoint (per unit)':<26}{gib(r['e2e_checkpoint_bytes'])}   {r['checkpoint_ratio_to_e2e']:.3f}",
         f"  {'local K=' + str(r['num_blocks']):<26}{gib(r['local_bytes'])}   {r['ratio_to_e2e']:.3f}   split {r['split']}",
+        f"  {'local_checkpoint K=' + str(r['num_blocks']):<26}{gib(r['local_checkpoint_bytes'])}   "
+        f"{r['local_checkpoint_ratio_to_e2e']:.3f}   split {r['methods']['local_checkpoint']['boundaries']}",
         f"  {'floor (largest unit)':<26}{gib(r['floor_bytes'])}   {r['floor_bytes'] / r['e2e_bytes']:.3f}   unit {r['floor_unit']}",
         "",
         f"local peak is set by block {r['peak_block']}; block peaks: "
