@@ -329,3 +329,45 @@ def test_configs_parse_as_data_init_args() -> None:
     cfg = parser.parse_args([f"--data={CONFIGS / 'mnist5k.yaml'}"])
     dm = GLCanDataModule(**{k: v for k, v in vars(cfg.data).items() if not k.startswith("__")})
     assert dm.image_shape == (1, 32, 32) and dm.batch_size == 128
+
+
+# ---------------------------------------------------------------- augmentation by image size
+def _steps(pipeline) -> list[str]:
+    return [type(t).__name__ for t in pipeline.transforms]
+
+
+@pytest.mark.parametrize("size, crop", [(32, "RandomCrop"), (64, "RandomCrop"), (96, "RandomResizedCrop"),
+                                        (224, "RandomResizedCrop")])
+def test_augmentation_follows_the_image_size(size: int, crop: str) -> None:
+    from glcan.data.transforms import pipelines
+
+    train, plain = pipelines(size, (0.5,), (0.5,), augment=True, hflip=False)
+    assert crop in _steps(train) and "RandomHorizontalFlip" not in _steps(train)
+    assert not any(s.startswith("Random") for s in _steps(plain))
+    if crop == "RandomCrop":
+        assert next(t for t in train.transforms if type(t).__name__ == "RandomCrop").padding == size // 8
+    flipped, _ = pipelines(size, (0.5,), (0.5,), augment=True, hflip=True)
+    assert "RandomHorizontalFlip" in _steps(flipped)
+
+
+def test_a_folder_of_small_images_gets_the_cifar_recipe_and_hflip_is_an_option(tmp_path: Path) -> None:
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    dm = GLCanDataModule(name="folder", root=str(tmp_path), image_size=32, val_fraction=0.2, hflip=False)
+    dm.setup()
+    steps = _steps(dm.train_set.transform)
+    assert "RandomCrop" in steps and "RandomResizedCrop" not in steps and "RandomHorizontalFlip" not in steps
+
+
+def test_train_size_keeps_a_seeded_subset_and_the_whole_test_set() -> None:
+    dm = GLCanDataModule(name="mnist5k", train_size=1000, seed=3)
+    dm.setup()
+    again = GLCanDataModule(name="mnist5k", train_size=1000, seed=3)
+    again.setup()
+    assert len(dm.train_set) == 1000 and len(dm.test_set) == 500
+    assert dm.train_set.indices == again.train_set.indices
+    with pytest.raises(DataError, match="train_size=9999 is more than the 4000"):
+        big = GLCanDataModule(name="mnist5k", train_size=9999)
+        big.setup()

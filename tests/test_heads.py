@@ -86,13 +86,33 @@ def test_head_shapes_and_gradients(name: str, shape: tuple[int, int, int]) -> No
         assert head(h[:1]).shape == (1, 10)  # batch of one in evaluation
 
 
-@pytest.mark.parametrize("options", [{"pooling": "avg"}, {"pooling": "max", "fusion": "mul"}, {"hidden": 64, "grid": 1}])
+@pytest.mark.parametrize("options", [
+    {"pooling": "avg"}, {"pooling": "max", "fusion": "mul"}, {"hidden": 64, "grid": 1}, {"fusion": "both"},
+    {"attention_heads": 4}, {"fuse_input": True}, {"local_path": False}, {"context_in_classifier": False},
+])
 def test_glcan_head_options(options: dict) -> None:
+    """Every option trains every parameter it has (two steps: the zero-initialised fusion passes
+    no gradient back on the first)."""
+    torch.manual_seed(0)
     head = build_head("glcan", (32, 16, 16), 7, image_shape=IMAGE, **options)
-    h = torch.randn(2, 32, 16, 16, requires_grad=True)
-    loss, logits = head.loss(h, torch.tensor([0, 6]), torch.randn(2, *IMAGE))
-    loss.backward()
-    assert logits.shape == (2, 7) and all(p.grad is not None for p in head.parameters())
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        h = torch.randn(4, 32, 16, 16, requires_grad=True)
+        loss, logits = head.loss(h, torch.tensor([0, 6, 1, 2]), torch.randn(4, *IMAGE))
+        loss.backward()
+        opt.step()
+    assert logits.shape == (4, 7)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_multi_head_attention_pools_each_channel_group_with_its_own_map() -> None:
+    block = ContextBlock(8, heads=2).double()
+    x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
+    attn = block.attention(x)  # N x 2 x HW
+    assert attn.shape == (3, 2, 20) and torch.allclose(attn.sum(-1), torch.ones(3, 2, dtype=torch.float64))
+    expected = torch.cat([(x[:, :4].flatten(2) * attn[:, :1]).sum(-1), (x[:, 4:].flatten(2) * attn[:, 1:]).sum(-1)], 1)
+    torch.testing.assert_close(block.context(x).flatten(1), expected)
 
 
 def test_glcan_head_starts_as_its_local_path() -> None:

@@ -11,12 +11,16 @@ small_input)`` and returns a `Backbone`. Your own networks join the same way::
 
 Names are listed in natural order (``resnet18`` before ``resnet110``) because these lists are
 read by people choosing a network, and the numbers in the names are depths.
+
+A backbone belongs to a task (``register_backbone(name, task=...)``, default
+``classification``); `list_backbones` lists one task's. A factory may take keyword options
+beyond the three (super-resolution backbones take ``scale``), passed by `build_backbone`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from glcan.backbones.backbone import Backbone
 from glcan.registry import Registry
@@ -29,8 +33,30 @@ def _natural_key(name: str) -> list[int | str]:
 
 
 _BACKBONES: Registry[BackboneFactory] = Registry("backbone", sort_key=_natural_key)
-register_backbone = _BACKBONES.register
-list_backbones = _BACKBONES.names
+_TASKS: dict[str, str] = {}  # name -> the task its networks solve
+
+
+def register_backbone(name: str, task: str = "classification") -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator: register a backbone factory under ``name`` for ``task``."""
+    register = _BACKBONES.register(name)
+
+    def decorator(factory: BackboneFactory) -> BackboneFactory:
+        register(factory)
+        _TASKS[name] = task
+        return factory
+
+    return decorator
+
+
+def list_backbones(task: str = "classification") -> list[str]:
+    """The registered backbones of ``task``, in natural order."""
+    return [n for n in _BACKBONES.names() if _TASKS.get(n) == task]
+
+
+def backbone_task(name: str) -> str:
+    """The task the registered backbone ``name`` is for (an unknown name is one clear line)."""
+    _BACKBONES.get(name)
+    return _TASKS[name]
 
 
 def build_backbone(
@@ -38,6 +64,7 @@ def build_backbone(
     num_classes: int,
     in_channels: int = 3,
     small_input: bool | None = None,
+    **options: Any,
 ) -> Backbone:
     """Build a registered backbone.
 
@@ -48,6 +75,7 @@ def build_backbone(
         small_input: adapt an ImageNet-style network to 32x32 inputs (3x3 stem, no max-pool,
             global-pool classifier). ``None`` lets the network choose its natural default:
             False for torchvision networks; CIFAR ResNets are small-input by design.
+        **options: keyword options of the factory (``scale`` for super-resolution backbones).
 
     Returns:
         The `Backbone`, freshly initialised (never pretrained).
@@ -62,7 +90,7 @@ def build_backbone(
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if small_input is not None and not isinstance(small_input, bool):
         raise ValueError(f"small_input must be True, False or None, got {small_input!r}")
-    backbone = factory(num_classes, in_channels, small_input)
+    backbone = factory(num_classes, in_channels, small_input, **options)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"factory for backbone {name!r} returned {type(backbone).__name__}, not a Backbone")
     return backbone

@@ -24,7 +24,8 @@ COMMANDS: dict[str, str] = {
     "fit": "Train one run (or pipeline workers, or DDP), then test it and write summary.json.",
     "validate": "Evaluate a checkpoint on the validation set (--ckpt_path).",
     "test": "Evaluate a checkpoint on the test set (--ckpt_path); writes test_<checkpoint>.json beside its run.",
-    "predict": "Class and probability for every image under --data.root, from a checkpoint, into a CSV.",
+    "predict": "Predict every image under --data.root from a checkpoint: class and probability into a CSV "
+               "(super-resolution: upscaled PNGs).",
     "memory": "Predict training memory without training: every method, and what fits --budget.",
     "compare": "Train a grid of runs (E2E vs local, heads, K, seeds) and write one report.",
     "check-data": "Read every image of the configured data once and list the broken ones.",

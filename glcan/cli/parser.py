@@ -69,6 +69,7 @@ class GLCanCLI(LightningCLI):
             parser.add_argument(name, **kwargs)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.link_arguments("data.task", "model.task", apply_on="instantiate")  # the data says what is learnt
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("trainer.precision", "model.precision", compute_fn=precision_name)
 

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from PIL import Image
 
 from glcan.cli import rundir
 from glcan.cli.parser import GLCanCLI
 from glcan.cli.pipeline import fit_pipeline
 from glcan.cli.trainer import build_trainer, log_summary_to_wandb, print_summary_line, run_name
-from glcan.io import write_csv, write_json
+from glcan.io import atomic_write, write_csv, write_json
 from glcan.lit.callbacks import RunInterrupted
 from glcan.lit.checks import ConfigError
 from glcan.lit.loggers import SafeWandbLogger, wandb_run_dir
@@ -98,6 +99,9 @@ def fit_cli(cli: GLCanCLI, args: Optional[list[str]] = None) -> int:
     code = 1
     try:
         if cli.config.parallel.mode == "pipeline":
+            if not cli.model.task.pipeline:
+                raise ConfigError(f"--parallel.mode pipeline does not support {cli.model.task.kind.replace('_', '-')} "
+                                  "yet (its workers pass integer labels only); use --parallel.mode none or ddp")
             code = fit_pipeline(cli, run)
             return code
         trainer = cli.trainer = build_trainer(cli, run.path, training=True, job_type=cli.model.hparams.method,
@@ -176,6 +180,8 @@ def evaluate(args: list[str], stage: str) -> int:
     cli = GLCanCLI(args)
     ckpt = eval_checkpoint(cli)
     out_dir = _record_dir(ckpt)
+    if stage == "test":
+        cli.datamodule.evaluate_every_photo()  # super-resolution on a user's folder: every photograph, no split
     trainer = build_trainer(cli, out_dir, training=False, job_type=stage, csv_log=False)
     run = trainer.test if stage == "test" else trainer.validate
     metrics = run(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False)[0]
@@ -183,15 +189,18 @@ def evaluate(args: list[str], stage: str) -> int:
     record = {"checkpoint": str(ckpt), "epochs": int(saved.get("epoch", -1)) + 1, "global_step": saved.get("global_step"),
               **{k: float(v) for k, v in metrics.items()}}
     path = write_json(out_dir / f"{stage}_{ckpt.stem}.json", record)
-    acc = metrics.get(f"{'test' if stage == 'test' else 'val'}/acc")
-    print(f"{stage}/acc {acc:.4f} (checkpoint after {record['epochs']} epoch(s), step {record['global_step']}) | {path}"
-          if acc is not None else f"{stage}: {path}", flush=True)
+    prefix, name = "test" if stage == "test" else "val", cli.model.task.metric.name
+    value, bicubic = metrics.get(f"{prefix}/{name}"), metrics.get(f"{prefix}/bicubic_{name}")
+    versus = f" (bicubic {bicubic:.4f})" if bicubic is not None else ""
+    print(f"{stage}/{name} {value:.4f}{versus} (checkpoint after {record['epochs']} epoch(s), step {record['global_step']}) "
+          f"| {path}" if value is not None else f"{stage}: {path}", flush=True)
     return 0
 
 
 PREDICT_OPTIONS = {
     "--out": {"type": Optional[str], "default": None,
-              "help": "predict: the CSV to write (default: predictions.csv in the checkpoint's run)."},
+              "help": "predict: the CSV to write (default: predictions.csv in the checkpoint's run); "
+                      "super-resolution: the folder for the upscaled PNGs (default: predictions/ there)."},
     "--images": {"type": Optional[str], "default": None,
                  "help": "predict: the folder of images (default: --data.root; a folder-trained model keeps "
                          "--data.root for its class names)."},
@@ -199,15 +208,19 @@ PREDICT_OPTIONS = {
 
 
 def predict(args: list[str]) -> int:
-    """``train.py predict``: class and probability for every image under ``--images`` / ``--data.root``."""
+    """``train.py predict``: class and probability for every image under ``--images`` / ``--data.root``
+    (super-resolution: every image upscaled, as PNGs under ``--out``)."""
     cli = GLCanCLI(args, extra=PREDICT_OPTIONS)
     ckpt = eval_checkpoint(cli)
     dm = cli.datamodule
     dm.predict_root = cli.config.get("images")
-    out = Path(cli.config.get("out") or _record_dir(ckpt) / "predictions.csv")
+    sr = cli.model.task.kind == "super_resolution"
+    out = Path(cli.config.get("out") or _record_dir(ckpt) / ("predictions" if sr else "predictions.csv"))
     trainer = build_trainer(cli, _record_dir(ckpt), training=False, job_type="predict", csv_log=False)
     trainer.loggers = []
     batches = trainer.predict(cli.model, datamodule=dm, ckpt_path=str(ckpt))
+    if sr:
+        return write_upscaled(batches or [], dm, out, cli.model.task.scale)
     probs = torch.cat(batches) if batches else torch.empty(0, cli.model.hparams.num_classes)
     p, idx = probs.max(dim=1)
     classes = dm.classes
@@ -215,6 +228,17 @@ def predict(args: list[str]) -> int:
             for f, pi, i in zip(dm.predict_files, p.tolist(), idx.tolist())]
     write_csv(out, rows, ["file", "class", "index", "probability"])
     print(f"predicted {len(rows)} image(s) under {dm.predict_root or dm.root}: {out}", flush=True)
+    return 0
+
+
+def write_upscaled(images: list[torch.Tensor], dm: Any, out: Path, scale: int) -> int:
+    """Each upscaled image as an 8-bit PNG under ``out``, at the input's path relative to its folder."""
+    root = Path(dm.predict_root or dm.root).expanduser()
+    for image, source in zip(images, dm.predict_files):
+        rel = Path(source).relative_to(root) if Path(source).is_relative_to(root) else Path(Path(source).name)
+        pixels = Image.fromarray(image[0].mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy())
+        atomic_write(out / rel.with_suffix(".png"), lambda f, im=pixels: im.save(f, format="PNG"), binary=True)
+    print(f"upscaled {len(images)} image(s) under {root} x{scale}: {out}", flush=True)
     return 0
 
 

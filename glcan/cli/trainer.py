@@ -88,6 +88,10 @@ def log_summary_to_wandb(loggers: list, summary: dict[str, Any]) -> None:
     keys = {"test/acc": "test_acc", "memory/peak_bytes": "peak_memory_bytes", "memory/method": "memory_method",
             "memory/peak_block": "memory_peak_block", "time/step_ms": "step_time_ms", "time/step_cpu_ms": "step_cpu_ms",
             "time/threads": "threads", "model/split": "split", "model/params": "params", "model/head_params": "head_params"}
+    if summary.get("metric", "acc") != "acc":  # super-resolution: PSNR and SSIM beside bicubic's
+        del keys["test/acc"]
+        keys.update({"test/psnr": "test_psnr", "test/ssim": "test_ssim", "test/bicubic_psnr": "bicubic_psnr",
+                     "test/bicubic_ssim": "bicubic_ssim"})
     values = {k: summary.get(v) for k, v in keys.items()}
     values["model/split"] = str(values["model/split"])
     for lg in loggers:
@@ -96,8 +100,11 @@ def log_summary_to_wandb(loggers: list, summary: dict[str, Any]) -> None:
 
 
 def print_summary_line(summary: dict[str, Any], path: Path) -> None:
-    acc, mem = summary.get("test_acc"), summary.get("peak_memory_bytes")
-    print(f"test/acc {acc:.4f}" if acc is not None else "test/acc n/a",
+    metric = summary.get("metric", "acc")
+    value, mem = summary.get(f"test_{metric}"), summary.get("peak_memory_bytes")
+    bicubic = summary.get(f"bicubic_{metric}")
+    print(f"test/{metric} {value:.4f}" + (f" (bicubic {bicubic:.4f})" if bicubic is not None else "")
+          if value is not None else f"test/{metric} n/a",
           f"| peak memory {mem / 2**20:.1f} MiB" if mem else "| peak memory not measured",
           f"| summary: {path}", flush=True)
     if summary.get("wandb_dir") and "offline-run" in summary["wandb_dir"]:

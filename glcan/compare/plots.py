@@ -5,6 +5,9 @@
 ``block_acc.png``      each block's head's test accuracy vs block index, one line per local
                        configuration (mean ± std over seeds), E2E as a dashed reference line.
 ``loss_curves.png``    the final head's training loss vs step, read from each run's metrics.csv.
+
+For super-resolution runs PSNR (dB) takes accuracy's place (the file names stay), with
+bicubic upsampling's PSNR as a dotted reference line.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from typing import Any, Optional
 from matplotlib.figure import Figure
 
 from glcan.compare.report import short_method
-from glcan.compare.results import MIB, Group, Run
+from glcan.compare.results import MIB, Group, Run, metric_of
 from glcan.core.build import is_local
 
-MARKERS = {"glcan": "o", "linear": "s", "dgl": "^", "infopro": "D"}
+MARKERS = {"glcan": "o", "linear": "s", "dgl": "^", "infopro": "D", "sr_glcan": "o", "sr_conv": "s"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
 
@@ -39,7 +42,7 @@ def styles(groups: list[Group]) -> dict[str, dict[str, Any]]:
 
 def _subject(runs: list[Run]) -> str:
     s = next((r.summary for r in runs if r.summary), None) or {}
-    return f"{s.get('arch', '?')} on {s.get('dataset', '?')}"
+    return f"{s.get('backbone', '?')} on {s.get('dataset', '?')}"  # summary.json names the network `backbone`
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -48,13 +51,22 @@ def _save(fig: Figure, path: Path) -> str:
     return path.name
 
 
+def _bicubic_line(ax: Any, runs: list[Run], metric: Any) -> None:
+    """Super-resolution: bicubic upsampling's figure on the same test images, dotted."""
+    values = [r.summary[f"bicubic_{metric.name}"] for r in runs if r.summary and r.summary.get(f"bicubic_{metric.name}") is not None]
+    if values:
+        ax.axhline(metric.factor * sum(values) / len(values), color="gray", linestyle=":", linewidth=1.4, label="bicubic")
+
+
 def acc_vs_memory(path: Path, groups: list[Group], runs: list[Run]) -> str:
     fig = Figure(figsize=(8.5, 5.8))
     ax = fig.add_subplot()
     st = styles(groups)
+    metric = metric_of([s for g in groups for s in g.ok])
+    key = f"test_{metric.name}"
     for g in groups:
-        pts = [(s["peak_memory_bytes"] / MIB, 100 * s["test_acc"]) for s in g.ok
-               if s.get("peak_memory_bytes") is not None and s.get("test_acc") is not None]
+        pts = [(s["peak_memory_bytes"] / MIB, metric.factor * s[key]) for s in g.ok
+               if s.get("peak_memory_bytes") is not None and s.get(key) is not None]
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -65,8 +77,10 @@ def acc_vs_memory(path: Path, groups: list[Group], runs: list[Run]) -> str:
                     fontweight="bold" if g.method == "e2e" else "normal", color=style["color"])
     methods = sorted({g.memory_method() for g in groups if g.memory_method()})
     ax.set_xlabel(f"peak training memory (MiB; {short_method('; '.join(methods))})")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Test accuracy vs peak training memory: {_subject(runs)}")
+    name = "test accuracy" if metric.name == "acc" else "test PSNR"
+    ax.set_ylabel(f"{name} ({metric.unit})")
+    ax.set_title(f"{name[0].upper()}{name[1:]} vs peak training memory: {_subject(runs)}")
+    _bicubic_line(ax, runs, metric)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     if ax.collections:
@@ -80,26 +94,30 @@ def block_acc(path: Path, groups: list[Group], runs: list[Run]) -> str:
     fig = Figure(figsize=(8.5, 5.8))
     ax = fig.add_subplot()
     st = styles(groups)
+    metric = metric_of([s for g in groups for s in g.ok])
+    f = metric.factor
     max_k = 1
     for g in groups:
-        means, stds = g.block_acc(), g.block_acc_std()
+        means, stds = g.block_scores(), g.block_scores_std()
         if not means or all(m is None for m in means):
             continue
         style = st[g.config_id]
         if not is_local(g.method):
-            ax.axhline(100 * means[-1], color=style["color"], linestyle="--", linewidth=1.4,
+            ax.axhline(f * means[-1], color=style["color"], linestyle="--", linewidth=1.4,
                        label=f"{g.label} (whole network)")
             continue
         xs = [i + 1 for i, m in enumerate(means) if m is not None]
-        ys = [100 * m for m in means if m is not None]
-        err = [100 * (s or 0.0) for s, m in zip(stds, means) if m is not None]
+        ys = [f * m for m in means if m is not None]
+        err = [f * (s or 0.0) for s, m in zip(stds, means) if m is not None]
         max_k = max(max_k, len(means))
         ax.errorbar(xs, ys, yerr=err if any(err) else None, marker=style["marker"], color=style["color"],
                     capsize=3, linewidth=1.6, markersize=7, label=g.label)
     ax.set_xticks(range(1, max_k + 1))
     ax.set_xlabel("block index (1 = nearest the input; the last block's head is the network's output)")
-    ax.set_ylabel("test accuracy of the block's head (%)")
-    ax.set_title(f"Per-block test accuracy: {_subject(runs)}")
+    name = "test accuracy" if metric.name == "acc" else "test PSNR"
+    ax.set_ylabel(f"{name} of the block's head ({metric.unit})")
+    ax.set_title(f"Per-block {name}: {_subject(runs)}")
+    _bicubic_line(ax, runs, metric)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
@@ -141,7 +159,8 @@ def loss_curves(path: Path, groups: list[Group], runs: list[Run], out: Path) -> 
             labelled = True
     ax.set_xlabel("training step (batches)")
     what = "per logged step" if columns == {"train/loss_step"} else "per epoch where steps were not logged"
-    ax.set_ylabel("training loss (final head, cross-entropy)")
+    sr = metric_of([s for g in groups for s in g.ok]).name != "acc"
+    ax.set_ylabel(f"training loss (final head, {'L1' if sr else 'cross-entropy'})")
     ax.set_title(f"Training loss ({what}): {_subject(runs)}")
     ax.grid(alpha=0.3)
     if ax.lines:

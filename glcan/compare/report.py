@@ -1,6 +1,7 @@
 """``report.md`` and the terminal table: one row per configuration, its seeds aggregated.
 
-Test accuracy is the mean ± sample std over seeds (the plain value for one seed); peak memory
+Test accuracy (for super-resolution: PSNR in dB, with SSIM and bicubic's figures beside it)
+is the mean ± sample std over seeds (the plain value for one seed); peak memory
 is the mean over seeds in MiB (2^20 bytes) with how it was measured; step time is the median
 of the runs' median step times. Ratios are to the E2E row with the same other grid values.
 A comparison with missing points says so in its first lines and lists them.
@@ -15,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from glcan.compare.results import Group, Run
+from glcan.compare.results import Group, Run, metric_of
 from glcan.core.build import is_local
+from glcan.core.task import Metric
 from glcan.io import write_text
 
 HEADERS = ["method", "K", "head", "seeds", "test acc (%)", "per-block acc (%)", "params", "head params",
@@ -36,20 +38,44 @@ def short_method(method: Optional[str]) -> str:
     return "n/a" if not method else "; ".join(m.split(" (")[0] for m in method.split("; "))
 
 
+def groups_metric(groups: list[Group]) -> Metric:
+    """The primary metric of the comparison (accuracy, or PSNR for super-resolution)."""
+    return metric_of([s for g in groups for s in g.ok])
+
+
+def metric_headers(metric: Metric) -> list[str]:
+    """The metric columns: ``test acc (%)``, ``per-block acc (%)``; for PSNR also SSIM and bicubic's."""
+    if metric.name == "acc":
+        return HEADERS[3:6]
+    return [HEADERS[3], metric.label, f"per-block {metric.label.split(' ', 1)[1]}", "SSIM", "bicubic PSNR / SSIM"]
+
+
+def _mean(g: Group, key: str) -> Optional[float]:
+    v = g.values(key)
+    return sum(v) / len(v) if v else None
+
+
 def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     extra_keys = list(dict.fromkeys(k for g in groups for k in g.extras))
-    headers = HEADERS[:3] + [k.rsplit(".", 1)[-1] for k in extra_keys] + HEADERS[3:]
+    metric = groups_metric(groups)
+    headers = HEADERS[:3] + [k.rsplit(".", 1)[-1] for k in extra_keys] + metric_headers(metric) + HEADERS[6:]
+    f = metric.factor
     rows = []
     for g in groups:
-        mean, std = g.acc()
-        acc = "missing" if mean is None else f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
-        blocks = " / ".join(_num(None if b is None else 100 * b) for b in g.block_acc()) or "n/a"
+        mean, std = g.score()
+        score = "missing" if mean is None else f"{f * mean:.2f}" + (f" ± {f * std:.2f}" if std is not None else "")
+        digits = ".1f" if metric.name == "acc" else ".2f"
+        blocks = " / ".join(_num(None if b is None else f * b, digits) for b in g.block_scores()) or "n/a"
+        extra = [] if metric.name == "acc" else [
+            _num(_mean(g, "test_ssim"), ".4f"),
+            f"{_num(_mean(g, 'bicubic_psnr'), '.2f')} / {_num(_mean(g, 'bicubic_ssim'), '.4f')}"]
         local = is_local(g.method)
         n_ok, n = len(g.ok), len(g.runs)
         rows.append([
             g.method, str(g.num_blocks) if local else "—", str(g.head) if local else "—",
             *[g.extras.get(k, "—") for k in extra_keys],
-            str(n) if n_ok == n else f"{n_ok} of {n}", acc, blocks, _count(g.params()), _count(g.params("head_params")),
+            str(n) if n_ok == n else f"{n_ok} of {n}", score, blocks, *extra, _count(g.params()),
+            _count(g.params("head_params")),
             _num(g.memory_mib()), short_method(g.memory_method()), _num(g.ratio("memory"), ".2f", "×"),
             _num(g.step_cpu_ms()), _num(g.ratio("time"), ".2f", "×") + ("*" if g.time_caveat() else ""),
             _num(g.step_ms()),
@@ -93,11 +119,15 @@ def status_line(runs: list[Run]) -> str:
 def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command: str,
              plots: list[str], notes: Optional[list[str]] = None, info: Optional[dict[str, str]] = None) -> Path:
     headers, rows = table(groups)
+    metric = groups_metric(groups)
+    what = ("the last head's test accuracy" if metric.name == "acc" else
+            "the last head's test PSNR (dB, Y channel, border shaved; SSIM likewise; bicubic upsampling of the same "
+            "LR images beside them)")
     methods = sorted({g.memory_method() for g in groups if g.memory_method()})
     lines = [f"# Comparison `{cid}`", "", status_line(runs), "",
              "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "- **test acc**: the last head's test accuracy, mean ± sample std over seeds; "
+    lines += ["", f"- **{metric.label.split(' (')[0]}**: {what}, mean ± sample std over seeds; "
               "**per-block**: each block's own head on the test set (block 1 first; E2E has one).",
               "- **peak memory**: `peak_memory_bytes` of each run's summary.json (mean over seeds), measured by: "
               + ("; ".join(f"`{m}`" for m in methods) or "n/a") + ".",
@@ -120,13 +150,14 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     if missing:
         lines += ["", "## Missing runs", ""]
         lines += [f"- `{r.point.run_id}`: {r.status}" + (f" — {r.error}" if r.error else "") for r in missing]
-    lines += ["", "## Runs", "", "| run id | seed | test acc (%) | peak memory (MiB) | step time (ms) | epochs | steps |",
+    key = f"test_{metric.name}"
+    lines += ["", "## Runs", "", f"| run id | seed | {metric.label} | peak memory (MiB) | step time (ms) | epochs | steps |",
               "|---|---|---|---|---|---|---|"]
     for r in runs:
         s = r.summary or {}
         mem = s.get("peak_memory_bytes")
         lines.append(f"| `{r.point.run_id}` | {r.point.seed} | "
-                     f"{_num(None if s.get('test_acc') is None else 100 * s['test_acc'], '.2f') if s else r.status} | "
+                     f"{_num(None if s.get(key) is None else metric.factor * s[key], '.2f') if s else r.status} | "
                      f"{_num(None if mem is None else mem / 2**20)} | {_num(s.get('step_time_ms'))} | "
                      f"{s.get('epochs', '')} | {s.get('global_step', '')} |")
     lines += ["", "Each run's directory `runs/<run id>/` holds its `summary.json`, `metrics.csv`, `config.yaml` "
@@ -157,6 +188,6 @@ def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None
     for h in headers:
         t.add_column(h, justify="left" if h in ("method", "head", "measured by") else "right", no_wrap=h != "measured by")
     for r in rows:
-        bad = "missing" in r[headers.index("test acc (%)")] or " of " in r[headers.index("seeds")]
+        bad = "missing" in r[headers.index(groups_metric(groups).label)] or " of " in r[headers.index("seeds")]
         t.add_row(*r, style="red" if bad else None)
     Console(file=file or sys.stdout, width=max(150, Console().width)).print(t)

@@ -5,6 +5,9 @@ flattened to ``a.b`` columns, lists as JSON strings), missing ones only their id
 and ``status`` (``failed``, ``interrupted``, ``not run``), so a partial comparison never reads
 as a complete one. Table rows (``Group``) aggregate the seeds of one configuration; ratios are
 taken to the E2E configuration with the same other grid values.
+
+A run's primary metric is the one its summary names (``metric``: ``acc`` for classification,
+``psnr`` for super-resolution; ``acc`` when absent): ``test_<metric>`` and ``block_<metric>``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Optional
 from glcan.compare.grid import STRUCTURAL, Point
 from glcan.compare.runner import SUMMARY, Outcome, run_dir
 from glcan.core.build import is_local
+from glcan.core.task import METRICS, Metric
 from glcan.io import write_csv as write_csv_file
 
 MIB = 2**20
@@ -59,18 +63,25 @@ class Group:
             text = "E2E" if self.method == "e2e" else "E2E (checkpointed)" if self.method == "e2e_checkpoint" else self.method
         return text + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in self.extras.items())
 
-    def acc(self) -> tuple[Optional[float], Optional[float]]:
-        v = self.values("test_acc")
+    @property
+    def metric(self) -> Metric:
+        """The primary metric of this configuration's runs (accuracy, or PSNR for super-resolution)."""
+        return metric_of(self.ok)
+
+    def score(self) -> tuple[Optional[float], Optional[float]]:
+        """The primary metric on the test set (``test_<metric>``): mean and sample std over seeds."""
+        v = self.values(f"test_{self.metric.name}")
         return (statistics.fmean(v) if v else None, statistics.stdev(v) if len(v) > 1 else None)
 
-    def block_acc(self) -> list[Optional[float]]:
-        lists = [s.get("block_acc") or [] for s in self.ok]
+    def block_scores(self) -> list[Optional[float]]:
+        """Each block's head's primary metric (``block_<metric>``), mean over seeds."""
+        lists = [s.get(f"block_{self.metric.name}") or [] for s in self.ok]
         width = max((len(x) for x in lists), default=0)
         cols = [[x[i] for x in lists if i < len(x) and x[i] is not None] for i in range(width)]
         return [statistics.fmean(c) if c else None for c in cols]
 
-    def block_acc_std(self) -> list[Optional[float]]:
-        lists = [s.get("block_acc") or [] for s in self.ok]
+    def block_scores_std(self) -> list[Optional[float]]:
+        lists = [s.get(f"block_{self.metric.name}") or [] for s in self.ok]
         width = max((len(x) for x in lists), default=0)
         cols = [[x[i] for x in lists if i < len(x) and x[i] is not None] for i in range(width)]
         return [statistics.stdev(c) if len(c) > 1 else None for c in cols]
@@ -121,6 +132,12 @@ class Group:
         if self.threads() != self.ref.threads() or len(self.threads()) > 1:
             return "runs used different thread counts"
         return None
+
+
+def metric_of(summaries: list[dict[str, Any]]) -> Metric:
+    """The primary metric the summaries name (``acc`` when they name none)."""
+    names = {s.get("metric") or "acc" for s in summaries}
+    return METRICS[names.pop()] if len(names) == 1 and next(iter(names)) in METRICS else METRICS["acc"]
 
 
 def load_summary(path: Path) -> Optional[dict[str, Any]]:

@@ -13,10 +13,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from glcan.compare.results import MIB, Run
+from glcan.compare.results import MIB, Run, metric_of
 from glcan.lit.loggers import WandbOptions, wandb_mode
 
 COLUMNS = ["run_id", "method", "num_blocks", "head", "seed", "test_acc", "peak_memory_mib", "step_time_ms", "memory_method"]
+
+
+def columns(runs: list[Run]) -> list[str]:
+    """COLUMNS with the runs' primary metric in ``test_acc``'s place (``test_psnr`` for super-resolution)."""
+    key = f"test_{metric_of([r.summary for r in runs if r.summary]).name}"
+    return [key if c == "test_acc" else c for c in COLUMNS]
 
 
 def options_of(cfg_logger: Any) -> WandbOptions:
@@ -35,6 +41,7 @@ def wandb_on(options: WandbOptions) -> Optional[str]:
 
 
 def table_rows(runs: list[Run]) -> list[list[Any]]:
+    key = columns(runs)[COLUMNS.index("test_acc")]
     rows = []
     for r in runs:
         s = r.summary
@@ -42,7 +49,7 @@ def table_rows(runs: list[Run]) -> list[list[Any]]:
             continue
         mem = s.get("peak_memory_bytes")
         rows.append([r.point.run_id, s.get("method"), s.get("num_blocks"), s.get("head") or "none", s.get("seed"),
-                     s.get("test_acc"), None if mem is None else mem / MIB, s.get("step_time_ms"), s.get("memory_method")])
+                     s.get(key), None if mem is None else mem / MIB, s.get("step_time_ms"), s.get("memory_method")])
     return rows
 
 
@@ -64,11 +71,14 @@ def log_comparison(out: Path, cid: str, options: WandbOptions, runs: list[Run], 
             run = wandb.init(project=options.project, group=cid, job_type="comparison", name=f"{cid}/comparison",
                              dir=str(out), mode=mode, config=config, tags=["comparison", *options.tags],
                              reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
-        table = wandb.Table(columns=COLUMNS, data=table_rows(runs))
+        cols = columns(runs)
+        key = cols[COLUMNS.index("test_acc")]
+        table = wandb.Table(columns=cols, data=table_rows(runs))
         run.log({
             "comparison/runs": table,
-            "comparison/acc_vs_memory": wandb.plot.scatter(table, "peak_memory_mib", "test_acc",
-                                                           title="Test accuracy vs peak memory (MiB)"),
+            "comparison/acc_vs_memory": wandb.plot.scatter(table, "peak_memory_mib", key,
+                                                           title="Test accuracy vs peak memory (MiB)" if key == "test_acc"
+                                                           else "Test PSNR (dB) vs peak memory (MiB)"),
             **{f"comparison/{Path(p).stem}": wandb.Image(str(out / p)) for p in plots if (out / p).is_file()},
         })
         missing = [r.point.run_id for r in runs if r.summary is None]

@@ -14,7 +14,7 @@ from torch import nn
 
 from glcan.core.network import CheckpointedSequential, SplitNetwork
 from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundaries, check_num_blocks, uniform_boundaries
-from glcan.heads import ModuleHead, build_head
+from glcan.heads import AuxHead, ModuleHead, build_head
 from glcan.backbones import Backbone, build_backbone
 
 METHODS = ("e2e", "e2e_checkpoint", "local", "local_checkpoint")
@@ -141,6 +141,7 @@ def build_network(
     image_shape: Sequence[int],
     last_head: str = "classifier",
     memory_split: Optional[MemorySplit] = None,
+    classifier_head: Callable[[nn.Module], AuxHead] = ModuleHead,
 ) -> SplitNetwork:
     """The network a method trains.
 
@@ -152,7 +153,8 @@ def build_network(
     gradient checkpointing), in the one block of E2E or inside each local block.
 
     ``memory_split(units, shapes, K)`` places the boundaries for ``split="memory"`` (uniform
-    when it is not given).
+    when it is not given). ``classifier_head(module)`` makes the head that trains through the
+    backbone's own classifier (the task's: ``glcan.core.task``; cross-entropy by default).
     """
     if method not in METHODS:
         raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -161,12 +163,12 @@ def build_network(
     units = list(backbone.units)
     sequential = CheckpointedSequential if method.endswith("_checkpoint") else nn.Sequential
     if not is_local(method):
-        return SplitNetwork([sequential(*units)], [ModuleHead(backbone.classifier)])
+        return SplitNetwork([sequential(*units)], [classifier_head(backbone.classifier)])
     shapes = probe_shapes(units, image_shape)
     by_memory = None if memory_split is None else (lambda k: memory_split(units, shapes, k))
     boundaries = resolve_boundaries(split, len(shapes), num_blocks, by_memory)
     heads = make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)
     if last_head == "classifier":
-        heads[-1] = ModuleHead(backbone.classifier)
+        heads[-1] = classifier_head(backbone.classifier)
     blocks = [sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]
     return SplitNetwork(blocks, heads, boundaries)

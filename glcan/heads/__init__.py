@@ -1,8 +1,9 @@
 """Auxiliary heads: what each block of a locally trained network is trained through.
 
 Importing this package registers the built-in heads -- ``glcan`` (the default, a
-global-local head on GCNet's context block), ``linear``, ``dgl`` and ``infopro`` -- so
-`build_head` and `list_heads` see them without any further import.
+global-local head on GCNet's context block), ``linear``, ``dgl`` and ``infopro``, and the
+super-resolution heads ``sr_glcan`` and ``sr_conv`` -- so `build_head` and `list_heads` see
+them without any further import.
 """
 
 from glcan.heads.base import AuxHead, ModuleHead
@@ -12,6 +13,7 @@ from glcan.heads.registry import build_head, head_options, list_heads, register_
 # Imported for their side effect: each module registers its heads.
 from glcan.heads import baselines as _baselines  # noqa: E402,F401  isort: skip
 from glcan.heads import glcan as _glcan  # noqa: E402,F401  isort: skip
+from glcan.heads import sr as _sr  # noqa: E402,F401  isort: skip
 from glcan.heads.baselines import DGLHead, InfoProHead, LinearHead  # noqa: E402  isort: skip
 from glcan.heads.glcan import GLCanHead  # noqa: E402  isort: skip
 

@@ -12,7 +12,8 @@ answer back into a feature map. It has three steps:
 2. **Transform.** An SE-style bottleneck: 1x1 conv C -> C*r, LayerNorm over [C*r, 1, 1],
    ReLU, 1x1 conv C*r -> out_channels. LayerNorm (not BatchNorm) because the bottleneck sees
    one value per sample and channel, and the paper found it eases optimisation.
-3. **Fusion** into a target map: ``add`` gives ``target + t``; ``mul`` gives
+3. **Fusion** into a target map: ``add`` gives ``target + t``; ``both`` gates and shifts,
+   ``target * 2*sigmoid(t_gate) + t_shift`` (the transform outputs both halves); ``mul`` gives
    ``target * 2*sigmoid(t)``.
 
 The last conv of the transform is zero-initialised (weight and bias), so at initialisation
@@ -31,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 Pooling = Literal["gc", "avg", "max"]
-Fusion = Literal["add", "mul"]
+Fusion = Literal["add", "mul", "both"]
 POOLINGS: tuple[str, ...] = ("gc", "avg", "max")
-FUSIONS: tuple[str, ...] = ("add", "mul")
+FUSIONS: tuple[str, ...] = ("add", "mul", "both")
 
 
 def bottleneck_width(channels: int, ratio: float) -> int:
@@ -42,14 +43,16 @@ def bottleneck_width(channels: int, ratio: float) -> int:
 
 
 def attention_logits(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """GCNet's attention scores, N x 1 x (H*W): the C -> 1 1x1 conv as one batched matrix product.
+    """GCNet's attention scores, N x A x (H*W) for A attention heads: the C -> A 1x1 conv as one
+    batched matrix product.
 
     The same arithmetic as ``F.conv2d(x, weight, bias)``; as a convolution it costs about as much
     as a 3x3 conv of the block on a CPU (oneDNN's 1-output-channel path), as a matmul a fraction.
     """
     n, c = x.shape[:2]
-    logits = torch.matmul(weight.reshape(1, 1, c), x.reshape(n, c, -1))
-    return logits if bias is None else logits + bias.reshape(1, 1, 1)
+    a = weight.shape[0]
+    logits = torch.matmul(weight.reshape(1, a, c), x.reshape(n, c, -1))
+    return logits if bias is None else logits + bias.reshape(1, a, 1)
 
 
 class ContextBlock(nn.Module):
@@ -60,9 +63,13 @@ class ContextBlock(nn.Module):
         ratio: bottleneck ratio r of the transform (GCNet uses 1/16 and 1/4); the bottleneck
             has ``max(1, round(C * r))`` channels.
         pooling: ``"gc"`` attention pooling (GCNet), ``"avg"`` or ``"max"`` global pooling.
-        fusion: ``"add"`` (``target + t``) or ``"mul"`` (``target * 2*sigmoid(t)``).
+        fusion: ``"add"`` (``target + t``), ``"mul"`` (``target * 2*sigmoid(t)``) or ``"both"``
+            (``target * 2*sigmoid(t_gate) + t_shift``).
         out_channels: channels of the transform's output, hence of the fusion target
             (default ``channels``, fusing back into the input itself).
+        heads: attention heads of the ``gc`` pooling: channel group g (of C/heads channels) is
+            pooled with its own attention map (multi-head attention pooling); 1 is GCNet's.
+        transform: False builds the pooling only (no transform, no fusion).
 
     Raises:
         ValueError: on a non-positive size, a ratio outside (0, 1], or an unknown mode.
@@ -75,6 +82,8 @@ class ContextBlock(nn.Module):
         pooling: Pooling = "gc",
         fusion: Fusion = "add",
         out_channels: Optional[int] = None,
+        heads: int = 1,
+        transform: bool = True,
     ) -> None:
         super().__init__()
         if channels < 1:
@@ -88,18 +97,21 @@ class ContextBlock(nn.Module):
         out = channels if out_channels is None else out_channels
         if out < 1:
             raise ValueError(f"ContextBlock out_channels must be >= 1, got {out}")
+        if heads < 1 or channels % heads:
+            raise ValueError(f"ContextBlock heads must divide the {channels} channels, got {heads}")
         self.channels, self.out_channels = channels, out
-        self.pooling, self.fusion = pooling, fusion
+        self.pooling, self.fusion, self.heads = pooling, fusion, heads
         mid = bottleneck_width(channels, ratio)
-        # The attention mask: one score per position. Only the "gc" pooling has it.
-        self.mask = nn.Conv2d(channels, 1, kernel_size=1) if pooling == "gc" else None
+        # The attention mask: one score per position and head. Only the "gc" pooling has it.
+        self.mask = nn.Conv2d(channels, heads, kernel_size=1) if pooling == "gc" else None
         self.transform = nn.Sequential(
             nn.Conv2d(channels, mid, kernel_size=1),
             nn.LayerNorm([mid, 1, 1]),
             nn.ReLU(inplace=True),  # acts on the LayerNorm's fresh output
-            nn.Conv2d(mid, out, kernel_size=1),
-        )
-        self.reset_transform()
+            nn.Conv2d(mid, 2 * out if fusion == "both" else out, kernel_size=1),
+        ) if transform else None
+        if transform:
+            self.reset_transform()
 
     def reset_transform(self) -> None:
         """Zero the transform's last conv, making the block the identity on its target."""
@@ -120,7 +132,8 @@ class ContextBlock(nn.Module):
             x: feature map, N x C x H x W.
 
         Returns:
-            N x 1 x (H*W) weights, non-negative, summing to one per sample.
+            N x A x (H*W) weights (A attention heads), non-negative, summing to one per sample
+            and head.
         """
         if self.mask is None:
             raise ValueError(f"attention weights exist only for pooling='gc', this block pools with {self.pooling!r}")
@@ -141,10 +154,14 @@ class ContextBlock(nn.Module):
             return x.mean(dim=(2, 3), keepdim=True)
         if self.pooling == "max":
             return x.amax(dim=(2, 3), keepdim=True)
-        weights = self.attention(x)  # N x 1 x HW
-        # (N x C x HW) @ (N x HW x 1): one batched matmul, counted by FLOP counters.
-        ctx = torch.matmul(x.flatten(2), weights.transpose(1, 2))
-        return ctx.unsqueeze(-1)
+        weights = self.attention(x)  # N x A x HW
+        n, c, a = x.shape[0], x.shape[1], self.heads
+        if a == 1:  # (N x C x HW) @ (N x HW x 1): one batched matmul, counted by FLOP counters.
+            return torch.matmul(x.flatten(2), weights.transpose(1, 2)).unsqueeze(-1)
+        # Multi-head: channel group g is pooled with head g's attention map.
+        groups = x.reshape(n, a, c // a, -1)  # N x A x C/A x HW
+        ctx = torch.matmul(groups, weights.unsqueeze(-1))  # N x A x C/A x 1
+        return ctx.reshape(n, c, 1, 1)
 
     def fuse(self, target: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """Fuse an already pooled context into ``target`` (lets callers reuse the context).
@@ -163,7 +180,10 @@ class ContextBlock(nn.Module):
         t = self.transform_context(ctx)  # N x out x 1 x 1, broadcast over the target's positions
         if self.fusion == "add":
             return target + t
-        return target * (2.0 * torch.sigmoid(t))
+        if self.fusion == "mul":
+            return target * (2.0 * torch.sigmoid(t))
+        gate, shift = t.chunk(2, dim=1)  # "both": the context gates, then shifts
+        return target * (2.0 * torch.sigmoid(gate)) + shift
 
     def transform_context(self, ctx: torch.Tensor) -> torch.Tensor:
         """The bottleneck transform of an N x C x 1 x 1 context, as ``self.transform(ctx)``.

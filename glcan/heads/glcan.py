@@ -98,6 +98,13 @@ class GLCanHead(AuxHead):
             units; otherwise a single Linear.
         grid: the fused map is average-pooled to ``grid`` x ``grid`` (at most the local map's
             size) and flattened for the classifier; 1 is global average pooling.
+        local_path: False drops the local path: the classifier sees the context alone.
+        context_in_classifier: False keeps the raw context out of the classifier's input (it
+            then reaches the classifier only through the fusion).
+        attention_heads: heads of the attention pooling (``pooling="gc"``): channel group g is
+            pooled with its own attention map; must divide C.
+        fuse_input: the context also shifts the pooled map *before* the local conv (a second
+            transform), so it shapes which local features are computed, not only which pass.
     """
 
     def __init__(
@@ -111,6 +118,10 @@ class GLCanHead(AuxHead):
         fusion: Fusion = "add",
         hidden: Optional[int] = None,
         grid: int = 2,
+        local_path: bool = True,
+        context_in_classifier: bool = True,
+        attention_heads: int = 1,
+        fuse_input: bool = False,
     ) -> None:
         super().__init__()
         c, h, w_ = in_shape
@@ -126,10 +137,16 @@ class GLCanHead(AuxHead):
         self.pool = nn.AdaptiveAvgPool2d((ph, pw))
         gh, gw = min(grid, ph), min(grid, pw)
         self.grid = nn.AdaptiveAvgPool2d((gh, gw))
-        self.local = nn.Sequential(nn.Conv2d(c, w, kernel_size=1, bias=False), nn.BatchNorm2d(w))
-        self.context_block = ContextBlock(c, ratio=ratio, pooling=pooling, fusion=fusion, out_channels=w)
+        if not (local_path or context_in_classifier):
+            raise ValueError("glcan head needs the local path or the context in the classifier (or both)")
+        self.local_path, self.context_in_classifier = local_path, context_in_classifier
+        self.local = nn.Sequential(nn.Conv2d(c, w, kernel_size=1, bias=False), nn.BatchNorm2d(w)) if local_path else None
+        self.context_block = ContextBlock(c, ratio=ratio, pooling=pooling, fusion=fusion, out_channels=w,
+                                          heads=attention_heads, transform=local_path)
+        # The second fusion, into the pooled input (C channels), shares the pooled context.
+        self.input_fusion = ContextBlock(c, ratio=ratio, pooling="avg", fusion="add") if fuse_input else None
         self.act = nn.ReLU(inplace=True)  # acts on the fusion's fresh output
-        features = w * gh * gw + c
+        features = (w * gh * gw if local_path else 0) + (c if context_in_classifier else 0)
         self.classifier: nn.Module
         if hidden is None:
             self.classifier = nn.Linear(features, num_classes)
@@ -148,14 +165,20 @@ class GLCanHead(AuxHead):
             (fused N x w x p x p, context N x C x 1 x 1).
         """
         cb = self.context_block
-        if cb.mask is not None:  # gc: both poolings in one op with a one-buffer backward
+        if cb.mask is not None and cb.heads == 1:  # gc: both poolings in one op with a one-buffer backward
             ctx, pooled = _ReadOnce.apply(h, cb.mask.weight, cb.mask.bias, self.pool_hw)
         else:
             ctx, pooled = cb.context(h), self.pool(h)
+        if not self.local_path:
+            return None, ctx
+        if self.input_fusion is not None:
+            pooled = self.input_fusion.fuse(pooled, ctx)
         local = self.local(pooled)  # local path, pre-activation; ctx is the global path
         fused = self.act(self.context_block.fuse(local, ctx))
         return fused, ctx
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         fused, ctx = self.features(h)
-        return self.classifier(torch.cat([self.grid(fused).flatten(1), ctx.flatten(1)], dim=1))
+        parts = ([self.grid(fused).flatten(1)] if fused is not None else []) + \
+                ([ctx.flatten(1)] if self.context_in_classifier else [])
+        return self.classifier(torch.cat(parts, dim=1))

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from glcan.memory.budget import GIB, BudgetError, Candidate, choose_num_blocks, need, rank
+from glcan.memory.budget import GIB, BudgetError, Candidate, choose_num_blocks, need, parse_bytes, rank
 from glcan.memory.predictor import count_step_flops, fake_mode, predict
 
 
@@ -39,7 +39,7 @@ def choose_for_budget(cls: Any, args: dict[str, Any]) -> Candidate:
     for c in candidates:
         c.relative_time = count_step_flops(lambda c=c: build(c.method, c.num_blocks), batch, shape, classes) / e2e_flops
     best = rank(candidates, prefer)[0]
-    rank_zero_info(f"memory budget {choice.budget_bytes / GIB:.2f} GiB, policy {prefer}: {best.method} K={best.num_blocks} "
+    rank_zero_info(f"memory budget {parse_bytes(args['memory_budget']) / GIB:.2f} GiB, policy {prefer}: {best.method} K={best.num_blocks} "
                    f"fits (predicted peak {best.peak_bytes / GIB:.3f} GiB, {need(best.peak_bytes) / GIB:.3f} GiB with "
                    f"margins; step time x{best.relative_time:.2f} of E2E by counted FLOPs)")
     return best

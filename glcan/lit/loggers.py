@@ -86,6 +86,9 @@ class SafeWandbLogger(WandbLogger):
     def log_hyperparams(self, params: Any) -> None:
         self._guard(lambda: WandbLogger.log_hyperparams(self, params))
 
+    def log_image(self, key: str, images: list, step: Optional[int] = None, **kwargs: Any) -> None:
+        self._guard(lambda: WandbLogger.log_image(self, key, images, step, **kwargs))
+
     def log_summary(self, values: dict[str, Any]) -> None:
         """Set W&B summary metrics (the run's final figures)."""
         def update() -> None:
@@ -180,6 +183,14 @@ def build_loggers(
     if wandb.usable:
         loggers.append(wandb)
     return loggers
+
+
+def log_image_panels(loggers: list[Logger], key: str, images: list, captions: list[str], step: int) -> None:
+    """Image panels side by side in W&B (e.g. super-resolution's LR, bicubic, SR, HR); the CSV
+    log has no images, so without W&B this does nothing."""
+    for lg in loggers:
+        if isinstance(lg, SafeWandbLogger):
+            lg.log_image(key, images, step=step, caption=captions)
 
 
 def wandb_run_dir(loggers: list[Logger]) -> Optional[str]:

@@ -1,8 +1,13 @@
 """Per-block metrics (torchmetrics), one set per stage so states never mix, and what is logged.
 
-Keys: ``train/loss``, ``train/acc``, ``val/acc``, ``test/acc`` (the last head: the network's
-prediction) and, in local mode, ``{stage}/block{k}/acc`` and ``train/block{k}/loss`` for every
-block, the layer-wise curve of local learning.
+Classification (:class:`BlockMetrics`) keys: ``train/loss``, ``train/acc``, ``val/acc``,
+``test/acc`` (the last head: the network's prediction) and, in local mode,
+``{stage}/block{k}/acc`` and ``train/block{k}/loss`` for every block, the layer-wise curve of
+local learning.
+
+Super-resolution (:class:`SRMetrics`) keys: ``train/loss`` (L1), ``{stage}/psnr``,
+``{stage}/ssim``, ``{stage}/bicubic_psnr``, ``{stage}/bicubic_ssim`` and, in local mode,
+``{stage}/block{k}/psnr``. :func:`block_metrics` picks the set for a task.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from glcan.core.task import Task
+from glcan.heads.sr import bicubic_upscale
+from glcan.lit.loggers import log_image_panels
 
 STAGES = ("train", "val", "test")
 
@@ -56,8 +66,9 @@ class BlockMetrics(nn.Module):
                 module.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
                 module.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
 
-    def log_eval(self, module: L.LightningModule, stage: str, all_logits: list[torch.Tensor], y: torch.Tensor) -> None:
-        """Log every head's accuracy on one validation/test batch."""
+    def log_eval(self, module: L.LightningModule, stage: str, all_logits: list[torch.Tensor], y: torch.Tensor,
+                 x: torch.Tensor | None = None) -> None:
+        """Log every head's accuracy on one validation/test batch (``x``, the input, is not needed)."""
         local, last = len(all_logits) > 1 or module.is_local, len(all_logits) - 1
         for k, logits in enumerate(all_logits):
             acc = self.acc(stage)[k]
@@ -70,3 +81,121 @@ class BlockMetrics(nn.Module):
         if top5 is not None:
             top5(all_logits[-1], y)
             module.log(f"{stage}/acc_top5", top5)
+
+    def log_panels(self, module: L.LightningModule, stage: str) -> None:
+        """Classification logs no image panels."""
+
+
+# ---------------------------------------------------------------- super-resolution
+def quantize(img: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to 8 bits: an image as it would be saved (EDSR evaluates so)."""
+    return img.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+
+
+def y_channel(img: torch.Tensor) -> torch.Tensor:
+    """The Y of YCbCr (ITU-R BT.601, MATLAB's ``rgb2ycbcr``) of an RGB image in [0, 1]: N x 1 x H x W in [16/255, 235/255]."""
+    r, g, b = img[:, 0:1], img[:, 1:2], img[:, 2:3]
+    return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def shave(img: torch.Tensor, border: int) -> torch.Tensor:
+    """Drop ``border`` pixels on every side (the SR convention: ``border`` = the scale)."""
+    return img[..., border:-border, border:-border] if border > 0 else img
+
+
+def sr_eval_view(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """What PSNR and SSIM are computed on: the 8-bit image's Y channel, ``scale`` pixels shaved per border."""
+    return shave(y_channel(quantize(img.float())), scale)
+
+
+def psnr_metric() -> PeakSignalNoiseRatio:
+    """PSNR per image (``dim``), averaged over images, on [0, 1] data."""
+    return PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
+
+
+def ssim_metric() -> StructuralSimilarityIndexMeasure:
+    """SSIM (Gaussian window 11, sigma 1.5) per image, averaged over images, on [0, 1] data."""
+    return StructuralSimilarityIndexMeasure(data_range=1.0)
+
+
+class SRMetrics(nn.Module):
+    """PSNR of every head and SSIM of the last, on the Y channel with ``scale`` pixels shaved, for
+    val and test, beside the same metrics of bicubic upsampling of the same LR images.
+
+    Also keeps one set of image panels per stage (the first evaluated image: LR, bicubic, SR, HR)
+    for W&B (:func:`glcan.lit.loggers.log_image_panels`).
+    """
+
+    PANEL = 192  # side of the HR crop shown in the panels
+
+    def __init__(self, num_blocks: int, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        stages = ("val", "test")
+        self._psnr = nn.ModuleDict({f"{s}_psnr": nn.ModuleList(psnr_metric() for _ in range(num_blocks)) for s in stages})
+        self._ssim = nn.ModuleDict({f"{s}_ssim": ssim_metric() for s in stages})
+        self._bicubic = nn.ModuleDict({**{f"{s}_bicubic_psnr": psnr_metric() for s in stages},
+                                       **{f"{s}_bicubic_ssim": ssim_metric() for s in stages}})
+        self._panels: dict[str, list[torch.Tensor]] = {}
+
+    def psnr(self, stage: str) -> nn.ModuleList:
+        return self._psnr[f"{stage}_psnr"]
+
+    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
+        """Log every block's L1 loss of one training batch; the last block is the network's."""
+        local, last = len(results) > 1 or module.is_local, len(results) - 1
+        for k, (loss, _) in enumerate(results):
+            if local:
+                module.log(f"train/block{k}/loss", loss, on_step=True, on_epoch=True)
+            if k == last:
+                module.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+
+    @torch.no_grad()
+    def log_eval(self, module: L.LightningModule, stage: str, outputs: list[torch.Tensor], y: torch.Tensor,
+                 x: torch.Tensor | None = None) -> None:
+        """Log every head's PSNR, the last head's SSIM and bicubic's, on one validation/test batch."""
+        assert x is not None, "super-resolution metrics need the LR input (for bicubic)"
+        local, last = len(outputs) > 1 or module.is_local, len(outputs) - 1
+        target = sr_eval_view(y, self.scale)
+        for k, out in enumerate(outputs):
+            psnr = self.psnr(stage)[k]
+            psnr(sr_eval_view(out, self.scale), target)
+            if local:
+                module.log(f"{stage}/block{k}/psnr", psnr)
+        bicubic = bicubic_upscale(x.float(), self.scale)
+        bicubic_view = sr_eval_view(bicubic, self.scale)
+        self._ssim[f"{stage}_ssim"](sr_eval_view(outputs[-1], self.scale), target)
+        self._bicubic[f"{stage}_bicubic_psnr"](bicubic_view, target)
+        self._bicubic[f"{stage}_bicubic_ssim"](bicubic_view, target)
+        module.log(f"{stage}/loss", F.l1_loss(outputs[-1].float(), y.float()))
+        module.log(f"{stage}/psnr", self.psnr(stage)[last], prog_bar=stage == "val")
+        module.log(f"{stage}/ssim", self._ssim[f"{stage}_ssim"])
+        module.log(f"{stage}/bicubic_psnr", self._bicubic[f"{stage}_bicubic_psnr"])
+        module.log(f"{stage}/bicubic_ssim", self._bicubic[f"{stage}_bicubic_ssim"])
+        if stage not in self._panels:
+            self._panels[stage] = self._crop([x[0], bicubic[0], quantize(outputs[-1][0].float()), y[0]])
+
+    def _crop(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A central crop of at most PANEL HR pixels per side, on the CPU; the LR crop shown with
+        its pixels repeated ``scale`` times (nearest), so that the four panels line up."""
+        lr, s = images[0], self.scale
+        h, w = lr.shape[-2:]
+        ch, cw = min(h, self.PANEL // s), min(w, self.PANEL // s)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        out = [F.interpolate(lr[None, :, top:top + ch, left:left + cw], scale_factor=s, mode="nearest")[0]]
+        out += [im[:, s * top:s * (top + ch), s * left:s * (left + cw)] for im in images[1:]]
+        return [im.detach().float().clamp(0, 1).cpu() for im in out]
+
+    def log_panels(self, module: L.LightningModule, stage: str) -> None:
+        """Send the stage's panels (LR, bicubic, SR, HR) to W&B, once per evaluation."""
+        panels = self._panels.pop(stage, None)
+        if panels is not None and not module.trainer.sanity_checking:
+            log_image_panels(module.loggers, f"{stage}/images", panels, ["LR (nearest)", "bicubic", "SR", "HR"],
+                             step=module.global_step)
+
+
+def block_metrics(task: Task, num_blocks: int, num_classes: int) -> nn.Module:
+    """The metric set of ``task``: accuracy for classification, PSNR/SSIM for super-resolution."""
+    if task.kind == "super_resolution":
+        return SRMetrics(num_blocks, task.scale)  # type: ignore[attr-defined]
+    return BlockMetrics(num_blocks, num_classes)

@@ -20,12 +20,14 @@ from torch import nn
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from glcan.core.build import as_backbone, build_network, is_local
+from glcan.core.build import build_network, is_local
+from glcan.core.network import DeployedNetwork
 from glcan.core.step import BlockUpdate, check_finite, e2e_loss, local_step
+from glcan.core.task import get_task
 from glcan.lit.auto import choose_for_budget
 from glcan.lit.checks import (check_checkpoint_matches, check_schedule_length, checkpoint_identity,
                               refuse_unsupported_precision)
-from glcan.lit.metrics import BlockMetrics
+from glcan.lit.metrics import block_metrics
 from glcan.lit.optim import (block_optimizers, factory_from_spec, factory_spec, optimizer_configs, optimizer_name,
                              step_schedulers)
 from glcan.memory.costs import memory_split
@@ -60,8 +62,10 @@ class GLCanModule(L.LightningModule):
         block_lr_scale: optional per-block learning-rate multipliers (length K).
         gradient_clip_val: clip each optimizer's gradient norm to this value (per block in
             local mode); use it instead of ``trainer.gradient_clip_val``.
-        num_classes: set from the data module.
+        num_classes: set from the data module (for super-resolution: the output channels, 3).
         image_shape: (C, H, W) of the input, set from the data module.
+        task: set from the data module: ``classification``, or ``sr_x2``/``sr_x3``/``sr_x4``
+            (super-resolution: EDSR-style backbones, ``sr_glcan``/``sr_conv`` heads, PSNR/SSIM).
         batch_size: set from the data module; the memory split is computed at this batch size.
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
         memory_budget: with ``num_blocks: auto``, the GPU memory to fit (``4GiB``, ``12GB`` or
@@ -88,6 +92,7 @@ class GLCanModule(L.LightningModule):
         gradient_clip_val: Optional[float] = None,
         num_classes: int = 10,
         image_shape: Sequence[int] = (3, 32, 32),
+        task: Literal["classification", "sr_x2", "sr_x3", "sr_x4"] = "classification",
         batch_size: int = 128,
         small_input: Optional[bool] = None,
         memory_budget: Optional[Union[int, str]] = None,
@@ -106,21 +111,28 @@ class GLCanModule(L.LightningModule):
         self.save_hyperparameters(self._record(args, num_blocks))
         self.optimizer_factory = factory_from_spec(optimizer, "model.optimizer") or DEFAULT_OPTIMIZER
         self.scheduler_factory = factory_from_spec(scheduler, "model.scheduler")
-        built = as_backbone(backbone, num_classes, image_shape, small_input)
+        self.task = get_task(task)  # what is learnt: example batches, last head, metric (glcan.core.task)
+        if is_local(method):
+            self.task.check_head(head)
+        built = self.task.backbone(backbone, num_classes, image_shape, small_input)
         self.backbone_name = built.name
+        head_kw = self.task.head_kwargs(head_kwargs)  # + the task's own (the SR scale)
+        # The memory split counts the last block's classifier head where it is costly (SR's tail at HR).
+        classifier_cost = self.task.classifier_head(built.classifier) if self.task.costly_classifier else None
         self.net = build_network(built, method, num_blocks=num_blocks if is_local(method) else 1, split=split,
-                                 head=head, head_kwargs=head_kwargs, num_classes=num_classes, image_shape=image_shape,
-                                 last_head=last_head,
-                                 memory_split=functools.partial(memory_split, head=head, head_kwargs=head_kwargs,
+                                 head=head, head_kwargs=head_kw, num_classes=num_classes, image_shape=image_shape,
+                                 last_head=last_head, classifier_head=self.task.classifier_head,
+                                 memory_split=functools.partial(memory_split, head=head, head_kwargs=head_kw,
                                                                 num_classes=num_classes, image_shape=image_shape,
                                                                 batch_size=batch_size, last_head=last_head,
-                                                                recompute=method == "local_checkpoint"))
+                                                                recompute=method == "local_checkpoint", task=self.task,
+                                                                classifier=classifier_cost))
         if block_lr_scale is not None and len(block_lr_scale) != self.net.num_blocks:
             raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({self.net.num_blocks})")
         # torchmetrics deep-copies its state tensors, which FakeTensors do not survive (the memory
         # predictor builds this module under FakeTensorMode), so metrics are always real.
         with unset_fake_temporarily():
-            self.metrics = BlockMetrics(self.net.num_blocks, num_classes)
+            self.metrics = block_metrics(self.task, self.net.num_blocks, num_classes)
         self.automatic_optimization = not self.is_local
         self._update: Optional[BlockUpdate] = None
 
@@ -176,9 +188,12 @@ class GLCanModule(L.LightningModule):
     def deployable(self) -> nn.Sequential:
         """The trained network as a plain ``nn.Module`` in eval mode: the blocks, then the last
         head (the network's classifier); the other heads only served training. It needs no
-        glcan to run, and exports: ``torch.export.export(model.deployable(), (x,))``."""
-        return nn.Sequential(*[m for b in self.net.blocks for m in (b if isinstance(b, nn.Sequential) else [b])],
-                             self.net.heads[-1]).eval()
+        glcan to run, and exports: ``torch.export.export(model.deployable(), (x,))``. A head that
+        also reads the input (super-resolution's residual on bicubic) gets it there too."""
+        units = [m for b in self.net.blocks for m in (b if isinstance(b, nn.Sequential) else [b])]
+        if getattr(self.net.heads[-1], "needs_input", False):
+            return DeployedNetwork(units, self.net.heads[-1]).eval()
+        return nn.Sequential(*units, self.net.heads[-1]).eval()
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
@@ -253,7 +268,13 @@ class GLCanModule(L.LightningModule):
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch
-        self.metrics.log_eval(self, stage, self.net.all_logits(x) if self.is_local else [self.net(x)], y)
+        self.metrics.log_eval(self, stage, self.net.all_logits(x) if self.is_local else [self.net(x)], y, x)
+
+    def on_validation_epoch_end(self) -> None:
+        self.metrics.log_panels(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.metrics.log_panels(self, "test")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -262,9 +283,10 @@ class GLCanModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """Class probabilities of the deployed network (the last head)."""
+        """Class probabilities of the deployed network (the last head); for super-resolution, the
+        HR image."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return torch.softmax(self.net(x).float(), dim=1)
+        return self.task.prediction(self.net(x))
 
     # ---------------------------------------------------------------- checks
     def setup(self, stage: str) -> None:

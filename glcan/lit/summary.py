@@ -3,6 +3,11 @@
 One builder for every path (one process, DDP, the pipeline): fields that a run could not
 measure are null, never invented. The file is written atomically (glcan.io), so a summary.json
 that exists is complete: the comparison runner relies on that to skip finished runs.
+
+``task`` and ``metric`` say what the run learnt and which field is its primary result:
+``test_<metric>`` and ``block_<metric>`` (``test_acc``/``block_acc`` for classification;
+``test_psnr``/``block_psnr`` for super-resolution, with ``test_ssim`` and the bicubic baseline's
+``bicubic_psnr``/``bicubic_ssim`` beside them).
 """
 
 from __future__ import annotations
@@ -43,8 +48,20 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
     h = module.hparams
     k = module.net.num_blocks
     local = module.is_local
-    block_acc = [_metric(test_metrics, f"test/block{i}/acc") for i in range(k)] if local else [_metric(test_metrics, "test/acc")]
+    metric = module.task.metric.name
+    blocks = [_metric(test_metrics, f"test/block{i}/{metric}") for i in range(k)] if local else [_metric(test_metrics, f"test/{metric}")]
+    if metric == "acc":
+        results: dict[str, Any] = {"test_acc": _metric(test_metrics, "test/acc"),
+                                   "test_acc_top5": _metric(test_metrics, "test/acc_top5"),
+                                   "test_loss": _metric(test_metrics, "test/loss"), "block_acc": blocks}
+    else:  # super-resolution: PSNR and SSIM beside bicubic's
+        results = {"test_psnr": _metric(test_metrics, "test/psnr"), "test_ssim": _metric(test_metrics, "test/ssim"),
+                   "bicubic_psnr": _metric(test_metrics, "test/bicubic_psnr"),
+                   "bicubic_ssim": _metric(test_metrics, "test/bicubic_ssim"),
+                   "test_loss": _metric(test_metrics, "test/loss"), "block_psnr": blocks}
     summary: dict[str, Any] = {
+        "task": module.task.name,
+        "metric": metric,
         "method": h.method,
         "backbone": module.backbone_name,
         "dataset": getattr(datamodule, "name", None),
@@ -58,10 +75,7 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
         "image_shape": list(h.image_shape),
         "precision": precision,
         "optimizer": module.optimizer_name,
-        "test_acc": _metric(test_metrics, "test/acc"),
-        "test_acc_top5": _metric(test_metrics, "test/acc_top5"),
-        "test_loss": _metric(test_metrics, "test/loss"),
-        "block_acc": block_acc,
+        **results,
         **parameter_counts(module),
         "wandb_dir": wandb_dir,
         "run_dir": run_dir,

@@ -17,8 +17,10 @@ and recomputes one unit at a time:
     inputs(units but the last) + the largest unit's saved bytes + 2 x largest activation
     + gradients + head.
 
-The last block's head is the backbone's classifier by default (global pooling and one linear
-layer: nothing worth counting). What stays resident (parameters, optimizer state, the batch) is
+The last block's head is the backbone's classifier by default (for classification global
+pooling and one linear layer: nothing worth counting; a task whose classifier is costly, such
+as super-resolution's pixel-shuffle tail working at the high resolution, hands it in as
+``classifier`` and it is counted like a head). What stays resident (parameters, optimizer state, the batch) is
 the same whatever the split and is left out.
 """
 
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from glcan.core.split import balanced_boundaries
+from glcan.core.task import Classification, Task
 from glcan.heads import build_head
 from glcan.memory.predictor import as_fake, fake_mode
 from glcan.memory.tracker import MemoryTracker
@@ -60,15 +63,19 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
     return costs
 
 
-def head_peak(head: str, shape: Sequence[int], num_classes: int, image_shape: Sequence[int],
-              batch_size: int, head_kwargs: Optional[dict] = None) -> int:
-    """The training peak of one head on a feature map of ``shape``, beyond the map itself."""
+def head_peak(head: str | nn.Module, shape: Sequence[int], num_classes: int, image_shape: Sequence[int],
+              batch_size: int, head_kwargs: Optional[dict] = None, task: Optional[Task] = None) -> int:
+    """The training peak of one head (a registered name, or a head module) on a feature map of
+    ``shape``, beyond the map itself (with the targets of ``task``'s example batch; default
+    classification)."""
     with fake_mode():
-        head = build_head(head, tuple(shape), num_classes, image_shape=tuple(image_shape),
-                          block_index=0, num_blocks=2, **(head_kwargs or {}))
+        if isinstance(head, nn.Module):
+            head = as_fake(head)
+        else:
+            head = build_head(head, tuple(shape), num_classes, image_shape=tuple(image_shape),
+                              block_index=0, num_blocks=2, **(head_kwargs or {}))
         h = torch.randn(batch_size, *shape, requires_grad=True)
-        x = torch.randn(batch_size, *image_shape)
-        y = torch.randint(0, num_classes, (batch_size,))
+        x, y = (task or Classification()).example_batch(batch_size, image_shape, num_classes)
         tracker = MemoryTracker()
         with tracker:
             tracker.register([h, x, y], "input")  # a head's views of h must not count h again
@@ -91,24 +98,32 @@ def memory_split(
     batch_size: int,
     recompute: bool = False,
     last_head: str = "classifier",
+    task: Optional[Task] = None,
+    classifier: Optional[nn.Module] = None,
 ) -> list[int]:
     """The boundaries that balance the blocks' predicted training memory (``split: memory``).
 
-    ``recompute``: the blocks checkpoint every unit (``local_checkpoint``).
+    ``recompute``: the blocks checkpoint every unit (``local_checkpoint``). ``task``: what the
+    heads' targets look like (default classification). ``classifier``: the last block's head
+    around the backbone's classifier, when its cost counts (else it is taken as free).
     """
     costs = unit_costs(units, image_shape, batch_size)
     heads: dict[tuple, int] = {}
     for s in shapes:
         if tuple(s) not in heads:
-            heads[tuple(s)] = head_peak(head, s, num_classes, image_shape, batch_size, head_kwargs)
+            heads[tuple(s)] = head_peak(head, s, num_classes, image_shape, batch_size, head_kwargs, task)
     prefix = [0]
     for c in costs:
         prefix.append(prefix[-1] + (c["in"] if recompute else c["saved"]) + c["grads"])
 
+    tail = 0
+    if classifier is not None and last_head == "classifier":
+        tail = head_peak(classifier, shapes[-1], num_classes, image_shape, batch_size, task=task)
+
     def block_cost(i: int, j: int) -> float:
         largest = max(c["out"] for c in costs[i:j])
         recomputed = max(c["saved"] for c in costs[i:j]) - costs[j - 1]["in"] if recompute else 0
-        head_cost = 0 if (j == len(units) and last_head == "classifier") else heads[tuple(shapes[j - 1])]
+        head_cost = tail if (j == len(units) and last_head == "classifier") else heads[tuple(shapes[j - 1])]
         return prefix[j] - prefix[i] + recomputed + 2 * largest + head_cost
 
     return balanced_boundaries(len(units), num_blocks, block_cost)

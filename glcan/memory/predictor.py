@@ -21,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake
 from torch import nn
 
 from glcan.core.step import BlockUpdate, e2e_loss, local_step
+from glcan.core.task import Classification
 from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
 
 
@@ -111,6 +112,11 @@ def _estimate(module: Any, tracker: MemoryTracker) -> MemoryEstimate:
     )
 
 
+def example_batch(module: Any, batch_size: int, image_shape: Sequence[int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of the shapes ``module``'s task trains on (its ``task``; classification without one)."""
+    return getattr(module, "task", Classification()).example_batch(batch_size, image_shape, num_classes)
+
+
 def predict(
     build: Callable[[], Any], batch_size: int, image_shape: Sequence[int], num_classes: int, steps: int = 2,
     precision: str = "32-true",
@@ -121,14 +127,13 @@ def predict(
         build: makes the LightningModule (called under FakeTensorMode: nothing is allocated).
         batch_size: the batch size to predict for.
         image_shape: (C, H, W) of one input.
-        num_classes: for the fake labels.
+        num_classes: for the fake labels (the targets come from the module's task).
         steps: training steps to run; the last is reported (2: the first creates optimizer state).
         precision: ``32-true`` or ``bf16-mixed`` (autocast).
     """
     with fake_mode():
         module = build()
-        x = torch.randn(batch_size, *image_shape)
-        y = torch.randint(0, num_classes, (batch_size,))
+        x, y = example_batch(module, batch_size, image_shape, num_classes)
         return measure_steps(module, x, y, steps=steps, precision=precision)
 
 
@@ -142,8 +147,7 @@ def count_step_flops(build: Callable[[], Any], batch_size: int, image_shape: Seq
         module = build()
         module.train()
         optimizers = module.build_optimizers()
-        x = torch.randn(batch_size, *image_shape)
-        y = torch.randint(0, num_classes, (batch_size,))
+        x, y = example_batch(module, batch_size, image_shape, num_classes)
         with FlopCounterMode(display=False) as counter:
             run_training_step(module, x, y, optimizers)
     return int(counter.get_total_flops())
