@@ -3,7 +3,7 @@ building the model (policy: ``memory_policy``, see glcan.memory.budget.rank)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -24,17 +24,28 @@ def choose_for_budget(cls: Any, args: dict[str, Any]) -> Candidate:
 
     with fake_mode():
         units = build("e2e", 1).net.blocks[0]
-    candidates, last_error = [], None
-    for method in ("local", "local_checkpoint"):
+    def smallest(method: str, max_k: Optional[int] = None) -> Optional[Candidate]:
         try:
-            choice = choose_num_blocks(lambda k, m=method: predict(lambda: build(m, k), batch, shape, classes,
-                                                                   precision=precision).peak_bytes,
-                                       len(units), args["memory_budget"])
-            candidates.append(Candidate(method, choice.num_blocks, choice.peak_bytes))
-        except BudgetError as e:
-            last_error = e
+            choice = choose_num_blocks(lambda k: predict(lambda: build(method, k), batch, shape, classes,
+                                                         precision=precision).peak_bytes,
+                                       len(units), args["memory_budget"], max_k)
+        except BudgetError:
+            return None
+        return Candidate(method, choice.num_blocks, choice.peak_bytes)
+
+    # Without recomputation first; recomputation is worth a look only where it could use fewer
+    # blocks (accuracy), or where nothing fits without it.
+    candidates = [c for c in [smallest("local")] if c is not None]
+    if not candidates or (prefer == "accuracy" and candidates[0].num_blocks > 1):
+        recomputed = smallest("local_checkpoint", candidates[0].num_blocks - 1 if candidates else None)
+        candidates += [recomputed] if recomputed is not None else []
     if not candidates:
-        raise last_error  # type: ignore[misc]
+        smallest_need = predict(lambda: build("local_checkpoint", len(units)), batch, shape, classes,
+                                precision=precision).peak_bytes
+        raise BudgetError(
+            f"model.memory_budget {parse_bytes(args['memory_budget']) / GIB:.2f} GiB is too small even with one unit "
+            f"per block (K={len(units)}): it needs {need(smallest_need) / GIB:.2f} GiB; lower data.batch_size or "
+            "data.image_size, or use trainer.precision bf16-mixed")
     e2e_flops = count_step_flops(lambda: build("e2e", 1), batch, shape, classes)
     for c in candidates:
         c.relative_time = count_step_flops(lambda c=c: build(c.method, c.num_blocks), batch, shape, classes) / e2e_flops

@@ -66,13 +66,15 @@ class BudgetChoice:
                 f"{ALLOCATOR_MARGIN:.0%} allocator margin and {CUDA_CONTEXT_BYTES // 2**20} MiB CUDA context)")
 
 
-def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Union[int, str]) -> BudgetChoice:
-    """The smallest K in 1..num_units whose ``peak_for(K)`` fits ``budget``.
+def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Union[int, str],
+                      max_k: Optional[int] = None) -> BudgetChoice:
+    """The smallest K in 1..``max_k`` (default: num_units) whose ``peak_for(K)`` fits ``budget``.
 
     The peak falls as K grows (smaller blocks), so a binary search needs about log2(num_units)
     predictions; the answer is checked against K-1 so that it really is the smallest.
     """
     budget_bytes = parse_bytes(budget)
+    top = min(max_k or num_units, num_units)
     tried: dict[int, int] = {}
 
     def peak(k: int) -> int:
@@ -80,14 +82,15 @@ def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Un
             tried[k] = peak_for(k)
         return tried[k]
 
-    if not fits(peak(num_units), budget_bytes):
-        need = peak(num_units) * (1 + ALLOCATOR_MARGIN) + CUDA_CONTEXT_BYTES
+    if top < 1 or not fits(peak(top), budget_bytes):
+        need = peak(max(top, 1)) * (1 + ALLOCATOR_MARGIN) + CUDA_CONTEXT_BYTES
         raise BudgetError(
-            f"model.memory_budget {budget_bytes / 2**30:.2f} GiB is too small even with one unit per block "
-            f"(K={num_units}): it needs {need / 2**30:.2f} GiB; lower data.batch_size or data.image_size, "
+            f"model.memory_budget {budget_bytes / 2**30:.2f} GiB is too small even with "
+            + (f"one unit per block (K={num_units})" if top == num_units else f"K={top}")
+            + f": it needs {need / 2**30:.2f} GiB; lower data.batch_size or data.image_size, "
             "or use trainer.precision bf16-mixed"
         )
-    lo, hi = 1, num_units  # hi fits
+    lo, hi = 1, top  # hi fits
     while lo < hi:
         mid = (lo + hi) // 2
         if fits(peak(mid), budget_bytes):
