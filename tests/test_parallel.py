@@ -298,7 +298,7 @@ def test_ddp_replicas_agree_and_equal_one_process_on_the_union_of_their_batches(
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true", max_epochs=1,
                         limit_train_batches=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                        callbacks=[RecordReplica(str(tmp_path))])
+                        precision="64-true", callbacks=[RecordReplica(str(tmp_path))])
     trainer.fit(model, datamodule=dm)
     r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=False), torch.load(tmp_path / "rank1.pt", weights_only=False)
     assert len(r0["batches"]) == len(r1["batches"]) == 3
@@ -307,7 +307,7 @@ def test_ddp_replicas_agree_and_equal_one_process_on_the_union_of_their_batches(
     for k in params:
         assert torch.equal(r0["state"][k], r1["state"][k]), k  # identical replicas
 
-    ref = _ddp_model()
+    ref = _ddp_model().double()  # both in float64: the two orders of summation then agree to 1e-10
     ref.load_state_dict(init)
     ref.train()
     opts = ref.build_optimizers()
@@ -320,6 +320,7 @@ def test_ddp_replicas_agree_and_equal_one_process_on_the_union_of_their_batches(
             for m in bns:  # rank 1 updates copies: DDP overwrites its statistics with rank 0's
                 m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
                 m.num_batches_tracked = m.num_batches_tracked.clone()
+            h0, h1 = h0.double(), h1.double()
             out1 = block(h1.detach())
             loss1, _ = head.loss(out1, y1, x1)
             for m, (mean, var, count) in zip(bns, kept):
@@ -331,14 +332,14 @@ def test_ddp_replicas_agree_and_equal_one_process_on_the_union_of_their_batches(
             opts[k].zero_grad(set_to_none=True)
             h0, h1 = out0, out1
     for k, v in ref.state_dict().items():
-        torch.testing.assert_close(r0["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(r0["state"][k], v, rtol=1e-10, atol=1e-12, msg=k)
     # and the K all-reduces per batch are not a sum of K full-model updates: local_step alone on
     # rank 0's batches gives different weights
-    alone = _ddp_model()
+    alone = _ddp_model().double()
     alone.load_state_dict(init)
     o = alone.build_optimizers()
     for x, y in r0["batches"]:
-        local_step(alone.net, x, y, step=lambda k: (o[k].step(), o[k].zero_grad()))
+        local_step(alone.net, x.double(), y, step=lambda k: (o[k].step(), o[k].zero_grad()))
     assert not torch.allclose(alone.state_dict()[params[0]], r0["state"][params[0]])
 
 

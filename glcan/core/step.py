@@ -124,4 +124,4 @@ def check_finite(losses: Sequence[torch.Tensor], step: int, blocks: Optional[Seq
     raise NonFiniteLoss(
         f"the loss of block {k} is {float(losses[i])} at step {step}: training stopped and the last checkpoint "
         "was kept; lower the learning rate (model.optimizer.lr), clip gradients (model.gradient_clip_val) "
-        "or use trainer.precision 32-true")
+        "or, under 16-bit precision, use trainer.precision 32-true")

@@ -3,7 +3,9 @@
 - Small images (at most ``SMALL`` = 64 px a side) get the CIFAR recipe: pad by an eighth of the
   side (4 px at 32) and crop back at random. ImageNet's RandomResizedCrop keeps as little as
   8% of the image: on a 32 px digit that leaves a few pixels of stroke, and training collapses
-  (a folder of 32 px digits reached 81.7% with it, 99.4% without).
+  (E2E on a folder of 32 px digits reached 81.7% with it). With this rule a folder of
+  mnist5k's digits trains as well as the embedded tensors (docs/results_folder.md,
+  ``python bench/folder.py``).
 - Larger images get ImageNet's recipe: RandomResizedCrop for training, resize to 256/224 of
   the side and a centre crop for evaluation.
 - Horizontal flips are an option (``--data.hflip``): they keep the label of a photograph, not
