@@ -103,6 +103,7 @@ def test_the_budget_frontier_lists_what_fits_in_the_policy_order():
     assert speed["choice"]["method"] == "local"
 
 
+@pytest.mark.slow  # predicts every K of two methods
 def test_num_blocks_auto_may_choose_recomputation_for_accuracy():
     kw = dict(backbone="resnet20", method="local", num_blocks="auto", num_classes=10, image_shape=SHAPE,
               batch_size=512)
