@@ -112,4 +112,7 @@ def build_head(
         raise ValueError(f"head {name!r} got unknown option(s): {', '.join(unknown)}; it takes: {takes}")
     placement = {"image_shape": tuple(image_shape), "block_index": block_index, "num_blocks": num_blocks}
     kwargs.update({k: v for k, v in placement.items() if open_ended or k in params})
-    return factory(shape, int(num_classes), **kwargs)
+    try:
+        return factory(shape, int(num_classes), **kwargs)
+    except ValueError as e:  # say which head the option belongs to (it may come from a nested block)
+        raise ValueError(f"head {name!r}: {e}") from e
