@@ -9,6 +9,8 @@ import lightning as L
 import pytest
 import torch
 
+from glcan.core.step import local_step
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 LOCAL_CONFIG = str(CONFIGS / "mnist5k_resnet20_glcan_k4.yaml")
@@ -58,3 +60,30 @@ class StopAfterEpoch(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+
+
+def block_grads(net, x: torch.Tensor, y: torch.Tensor, target: int, silence_others: bool) -> list[torch.Tensor]:
+    """Block ``target``'s gradients from one local step of ``net`` on (x, y); no update is applied.
+
+    With ``silence_others`` every other head's loss is multiplied by zero: if block ``target``'s
+    gradients are unchanged, they came from its own head only. Asserts on the way that nothing
+    from head k reaches an earlier block (their gradients were cleared at their own step)."""
+    captured: list[torch.Tensor] = []
+    if silence_others:
+        for j, head in enumerate(net.heads):
+            if j != target:
+                def silenced(h, y, x, f=head.loss):
+                    loss, out = f(h, y, x)
+                    return loss * 0.0, out
+                head.loss = silenced
+
+    def step(k: int) -> None:
+        for earlier in net.blocks[:k]:
+            assert all(p.grad is None for p in earlier.parameters()), f"head {k} leaked into an earlier block"
+        if k == target:
+            captured.extend(p.grad.clone() for p in net.blocks[k].parameters())
+        for p in [*net.blocks[k].parameters(), *net.heads[k].parameters()]:
+            p.grad = None
+
+    local_step(net, x, y, step=step)
+    return captured

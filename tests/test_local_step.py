@@ -7,6 +7,7 @@ import weakref
 import pytest
 import torch
 
+from conftest import block_grads
 from glcan.core.step import local_step
 from glcan.lit import GLCanModule
 
@@ -22,37 +23,11 @@ def batch(n: int = 8):
     return torch.randn(n, 1, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def block_grads(module: GLCanModule, target: int, silence_others: bool) -> list[torch.Tensor]:
-    """Block ``target``'s gradients from one local step (no update is applied)."""
-    net = module.net
-    x, y = batch()
-    captured: list[torch.Tensor] = []
-    if silence_others:
-        for j, head in enumerate(net.heads):
-            if j != target:
-                def silenced(h, y, x, f=head.loss):
-                    loss, logits = f(h, y, x)
-                    return loss * 0.0, logits
-                head.loss = silenced
-
-    def step(k: int) -> None:
-        # Nothing from head k may reach an earlier block: their gradients were cleared at their step.
-        for earlier in net.blocks[:k]:
-            assert all(p.grad is None for p in earlier.parameters()), f"head {k} leaked into an earlier block"
-        if k == target:
-            captured.extend(p.grad.clone() for p in net.blocks[k].parameters())
-        for p in [*net.blocks[k].parameters(), *net.heads[k].parameters()]:
-            p.grad = None
-
-    local_step(net, x, y, step=step)
-    return captured
-
-
 @pytest.mark.parametrize("target", [0, 2, 3])
 def test_block_gradients_come_only_from_its_own_head(target):
     module = make()
-    with_all = block_grads(module, target, silence_others=False)
-    only_own = block_grads(make(), target, silence_others=True)
+    with_all = block_grads(module.net, *batch(), target, silence_others=False)
+    only_own = block_grads(make().net, *batch(), target, silence_others=True)
     assert with_all and all(torch.equal(a, b) for a, b in zip(with_all, only_own))
     assert any(g.abs().sum() > 0 for g in with_all)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from conftest import CONFIGS
+from conftest import CONFIGS, block_grads
 from glcan.cli.main import main
 from glcan.core.step import BlockUpdate, e2e_loss, local_step
 from glcan.data import DataError, GLCanDataModule
@@ -134,33 +134,10 @@ def test_the_last_block_ends_in_edsrs_tail_plus_bicubic():
             assert net(x).shape == (4, 3, 24, 24)
 
 
-def _block_grads(target: int, silence_others: bool) -> list[torch.Tensor]:
-    net = module().net
-    x, y = batch()
-    captured: list[torch.Tensor] = []
-    if silence_others:
-        for j, head in enumerate(net.heads):
-            if j != target:
-                def silenced(h, y, x, f=head.loss):
-                    loss, out = f(h, y, x)
-                    return loss * 0.0, out
-                head.loss = silenced
-
-    def step(k: int) -> None:
-        for earlier in net.blocks[:k]:
-            assert all(p.grad is None for p in earlier.parameters()), f"head {k} leaked into an earlier block"
-        if k == target:
-            captured.extend(p.grad.clone() for p in net.blocks[k].parameters())
-        for p in [*net.blocks[k].parameters(), *net.heads[k].parameters()]:
-            p.grad = None
-
-    local_step(net, x, y, step=step)
-    return captured
-
-
 @pytest.mark.parametrize("target", [0, 3])
 def test_sr_block_gradients_come_only_from_its_own_head(target):
-    with_all, only_own = _block_grads(target, False), _block_grads(target, True)
+    with_all = block_grads(module().net, *batch(), target, silence_others=False)
+    only_own = block_grads(module().net, *batch(), target, silence_others=True)
     assert with_all and all(torch.equal(a, b) for a, b in zip(with_all, only_own))
     assert any(g.abs().sum() > 0 for g in with_all)
 
