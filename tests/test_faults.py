@@ -353,6 +353,8 @@ def test_13_the_top_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["fit", "--model.nm_blocks", "4"], "error: unknown option --model.nm_blocks (did you mean --model.num_blocks?)"),
+    (["fit", "--trainer.max_epoch", "2"],  # a prefix of a real option is a typo, not an abbreviation
+     "error: unknown option --trainer.max_epoch (did you mean --trainer.max_epochs?)"),
     (["fit", "--model.method", "locl"], "error: --model.method: 'locl' is not one of e2e, e2e_checkpoint, local, local_checkpoint (did you mean local?)"),
     (["fitt"], "error: unknown command 'fitt' (did you mean fit?); commands: fit, validate, test, predict, memory, "
                "compare, check-data"),

@@ -42,7 +42,7 @@ class GLCanCLI(LightningCLI):
             GLCanDataModule,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # a typo is not a prefix
             auto_configure_optimizers=False,  # one optimizer per block: --model.optimizer, not --optimizer
             args=args,
             run=False,
