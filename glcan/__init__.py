@@ -14,7 +14,7 @@ from glcan.heads import ContextBlock, build_head, list_heads
 from glcan.lit import GLCanModule
 from glcan.memory import MemoryTracker
 from glcan.memory import predict as predict_memory
-from glcan.memory.report import memory_report
+from glcan.lit.plan import memory_report
 from glcan.backbones import Backbone, build_backbone, list_backbones
 
 __version__ = "0.1.0"

@@ -40,14 +40,12 @@ def _offline(monkeypatch):
 
 
 def fit(config: str, run_dir: Path, *extra: str, expect: int = 0):
-    """Train through the real ``train.py fit`` in-process; returns the parsed CLI (model, data,
-    and the trainer on ``cli.trainer``)."""
-    from glcan.cli.parser import GLCanCLI
-    from glcan.cli.run import fit_cli
+    """Train through the real ``train.py fit`` in-process; returns the CLI (model, data, and the
+    trainer on ``cli.trainer``)."""
+    from glcan.cli.cli import GLCanCLI
 
-    args = ["--config", config, *SHRINK, "--run_dir", str(run_dir), *extra]
-    cli = GLCanCLI(args)
-    assert fit_cli(cli, args) == expect
+    cli = GLCanCLI(["fit", "--config", config, *SHRINK, "--run_dir", str(run_dir), *extra])
+    assert cli.exit_code == expect
     return cli
 
 

@@ -15,7 +15,7 @@ import statistics
 import pytest
 
 from conftest import LOCAL_CONFIG
-from glcan.cli.main import main
+from glcan.cli import main
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def test_config_route_with_a_user_module(tmp_path, monkeypatch):
     pkg.write_text(textwrap.dedent('''
         from torch import nn
 
-        def make_units(width: int = 8) -> nn.Sequential:
+        def make_units(width: int = 8):  # no return annotation: the guide's example as written
             """Three conv units of the user's own network."""
             return nn.Sequential(*[nn.Sequential(nn.Conv2d(3 if i == 0 else width, width, 3, padding=1), nn.ReLU())
                                    for i in range(3)])
@@ -99,10 +99,13 @@ def test_parse_bytes():
 
 def test_impossible_budget_is_a_clear_error():
     with pytest.raises(BudgetError, match="too small even with one unit per block .* lower data.batch_size"):
-        glcan.GLCanModule(backbone="resnet20", method="local", num_blocks="auto", memory_budget="100MiB",
-                          num_classes=10, image_shape=(3, 32, 32), batch_size=64)
-    with pytest.raises(BudgetError, match="memory_budget is not set"):
-        glcan.GLCanModule(backbone="resnet20", method="local", num_blocks="auto", num_classes=10, image_shape=(3, 32, 32))
+        glcan.GLCanModule.planned(backbone="resnet20", method="local", num_blocks="auto", memory_budget="100MiB",
+                                  num_classes=10, image_shape=(3, 32, 32), batch_size=64)
+    with pytest.raises(ValueError, match="memory_budget is not set"):
+        glcan.GLCanModule.planned(backbone="resnet20", method="local", num_blocks="auto", num_classes=10,
+                                  image_shape=(3, 32, 32))
+    with pytest.raises(ValueError, match="chosen by the planner"):  # __init__ builds, it does not plan
+        glcan.GLCanModule(backbone="resnet20", method="local", num_blocks="auto", memory_budget="4GiB")
 
 
 @pytest.mark.slow

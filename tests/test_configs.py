@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from conftest import CONFIGS
-from glcan.cli.parser import GLCanCLI
+from glcan.cli.cli import GLCanCLI
 
-EXPERIMENTS = sorted(CONFIGS.glob("*.yaml"))
+EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "defaults.yaml")
 # The deep networks' memory split measures every unit at build time: those are marked slow.
 PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if ("resnet110" in p.stem or "resnet50" in p.stem) else [])
           for p in EXPERIMENTS]
@@ -35,17 +35,30 @@ def test_there_are_the_promised_experiments():
     assert len([p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("sr_")]) <= 20
 
 
+@pytest.mark.parametrize("config", [p for p in EXPERIMENTS if p.name != "defaults.yaml"], ids=lambda p: p.stem)
+def test_experiment_files_state_only_deltas(config):
+    """No experiment restates the defaults' trainer block: a trainer section holds a few keys, or
+    names a trainer file by concern."""
+    import yaml
+
+    trainer = (yaml.safe_load(config.read_text()) or {}).get("trainer")
+    assert trainer is None or isinstance(trainer, str) or len(trainer) <= 4, trainer
+    assert "callbacks" not in (trainer if isinstance(trainer, dict) else {})
+
+
 @pytest.mark.parametrize("config", PARAMS)
 def test_config_instantiates(config, image_folder, tmp_path):
     extra = ["--data.root", str(image_folder)] if "imagenet" in config.name else []
     # The batch size only changes the memory split's measurements: keep it small for speed.
     cli = GLCanCLI(["--config", str(config), *extra, "--data.batch_size", "8", "--logger.enabled", "false",
-                    "--run_dir", str(tmp_path)])
-    model, data = cli.model, cli.datamodule
+                    "--run_dir", str(tmp_path)], run=False)
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
     assert model.net.num_blocks == (model.hparams.num_blocks if model.is_local else 1)
     assert model.hparams.num_classes == data.num_classes
-    trainer = cli.make_trainer([], save_config=False, logger=False)
     assert trainer.max_epochs >= 1
+    # every run's callbacks come from configs/defaults.yaml
+    kinds = {type(c).__name__ for c in trainer.callbacks}
+    assert {"MemoryMeter", "StepTimer", "RunCheckpoint", "LearningRateMonitor"} <= kinds
     if model.hparams.scheduler_interval == "epoch":
         model.trainer = trainer
         assert model.schedule_length() == trainer.max_epochs  # cosine's T_max comes from the trainer

@@ -24,7 +24,8 @@ import yaml
 from PIL import Image
 
 from conftest import E2E_CONFIG, LOCAL_CONFIG, ROOT, SHRINK, StopAfterEpoch, fit
-from glcan.cli.main import main
+from glcan.lit.plan import assemble
+from glcan.cli import main
 from glcan.cli.rundir import RunDir
 from glcan.data import GLCanDataModule
 from glcan.lit import GLCanModule
@@ -300,7 +301,7 @@ def test_8_a_one_cycle_run_continued_past_its_plan_is_one_line(tmp_path, capsys)
 def test_9_e2e_activations_are_labelled_activations(tmp_path):
     cli = fit(E2E_CONFIG, tmp_path, "--trainer.limit_train_batches", "4", *FAST)
     parts = json.loads((tmp_path / "summary.json").read_text())["memory_parts"]
-    predicted = predict(lambda: cli.model.rebuild(), 16, (3, 32, 32), 10).parts
+    predicted = predict(lambda: assemble(cli.model.init_arguments), 16, (3, 32, 32), 10).parts
     assert parts["activations"] > parts["optimizer_state"]
     assert parts["activations"] == pytest.approx(predicted["activations"], rel=0.05)
     assert parts["optimizer_state"] == predicted["optimizer_state"]
@@ -410,16 +411,17 @@ def test_15_num_blocks_auto_prints_its_choice_once(caplog):
 
 # ---------------------------------------------------------------- 16: clean records
 def test_16_hparams_yaml_is_safe_yaml_and_wandb_config_is_plain(tmp_path):
-    from glcan.cli.trainer import wandb_config
+    from glcan.lit.loggers import run_config
 
     cli = fit(E2E_CONFIG, tmp_path, "--trainer.limit_train_batches", "1", *FAST)
     hparams = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
     assert hparams["backbone"] == "resnet20" and hparams["optimizer"]["class_path"].endswith("SGD")
-    values = wandb_config(cli)
+    values = run_config(cli.cfg, cli.model, cli.datamodule)
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in values.values())
     assert values["config"].endswith("mnist5k_resnet20_e2e.yaml") and "Path" not in values["config"]
-    assert values["method"] == "e2e" and values["num_blocks"] == 1 and values["head"] is None
-    assert "model.num_blocks" not in values and "model.head" not in values  # E2E ignores them
+    assert values["model.method"] == "e2e" and values["model.num_blocks"] == 1
+    assert "model.head" not in values and "model.split" not in values  # E2E ignores them
+    assert "method" not in values and "backbone" not in values  # each key once, dotted
 
 
 def test_16_the_wandb_summary_holds_the_split_and_how_memory_was_measured(tmp_path, monkeypatch):

@@ -43,7 +43,25 @@ def test_attention_is_a_distribution_over_positions() -> None:
     expected = (x.flatten(2) * a).sum(-1)  # the context: the attention-weighted sum
     assert torch.allclose(block.context(x).flatten(1), expected, atol=1e-6)
     with pytest.raises(ValueError, match="gc"):
-        ContextBlock(8, pooling="avg").attention(x)
+        ContextBlock(8, pooling="max").attention(x)
+
+
+def test_avg_pooling_is_gc_attention_with_frozen_zero_scores() -> None:
+    """avg runs the very ops gc runs, with the attention scores frozen at zero: uniform weights,
+    the exact mean, and a mask no optimizer moves. GC against avg then changes one thing."""
+    avg = ContextBlock(8, pooling="avg")
+    x = torch.randn(4, 8, 6, 5)
+    assert torch.allclose(avg.attention(x), torch.full((4, 1, 30), 1 / 30))
+    assert torch.allclose(avg.context(x), x.mean(dim=(2, 3), keepdim=True), atol=1e-6)
+    assert not any(p.requires_grad for p in avg.mask.parameters())
+    head = build_head("glcan", (8, 6, 5), 3, image_shape=IMAGE, pooling="avg")
+    before = head.context_block.mask.weight.clone()
+    opt = torch.optim.SGD(head.parameters(), lr=1.0)
+    for _ in range(2):
+        opt.zero_grad()
+        head.loss(torch.randn(4, 8, 6, 5), torch.tensor([0, 1, 2, 0]), torch.randn(4, *IMAGE))[0].backward()
+        opt.step()
+    assert torch.equal(head.context_block.mask.weight, before)
 
 
 def test_context_block_learns_from_zero_init() -> None:
@@ -103,7 +121,7 @@ def test_glcan_head_options(options: dict) -> None:
         loss.backward()
         opt.step()
     assert logits.shape == (4, 7)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters() if p.requires_grad)
 
 
 def test_multi_head_attention_pools_each_channel_group_with_its_own_map() -> None:

@@ -14,8 +14,8 @@ from glcan.lit import GLCanModule
 
 def make(k: int = 4, head: str = "glcan", split="uniform", backbone: str = "resnet20") -> GLCanModule:
     torch.manual_seed(0)
-    return GLCanModule(backbone=backbone, method="local", num_blocks=k, split=split, head=head,
-                       image_shape=(1, 32, 32), num_classes=10, batch_size=8)
+    return GLCanModule.planned(backbone=backbone, method="local", num_blocks=k, split=split, head=head,
+                               image_shape=(1, 32, 32), num_classes=10, batch_size=8)
 
 
 def batch(n: int = 8):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import E2E_CONFIG, LOCAL_CONFIG, fit
-from glcan.cli.main import main
+from glcan.cli import main
+from glcan.core.step import BlockUpdate, local_step
 from glcan.lit import GLCanModule
-from glcan.memory import MemoryTracker, predict
-from glcan.memory.report import memory_report
+from glcan.lit.plan import assemble, memory_report, plan
+from glcan.memory import MemoryTracker, measure_steps, predict
 
 
 def test_tracker_counts_live_storages_exactly():
@@ -29,39 +30,75 @@ def test_tracker_counts_live_storages_exactly():
     assert tracker.current == 0
 
 
+BASE = dict(backbone="resnet20", num_blocks=4, split="uniform", head="glcan", image_shape=(3, 32, 32), num_classes=10,
+            batch_size=16)
+
+
 def _module(method: str, **kw) -> GLCanModule:
-    base = dict(backbone="resnet20", num_blocks=4, split="uniform", head="glcan", image_shape=(3, 32, 32),
-                num_classes=10, batch_size=16)
-    return GLCanModule(method=method, **{**base, **kw})
+    return GLCanModule(method=method, **{**BASE, **kw})
 
 
-@pytest.mark.parametrize("config, method", [(LOCAL_CONFIG, "local"), (E2E_CONFIG, "e2e")])
-def test_predictor_equals_the_cpu_meter(tmp_path, config, method):
-    """The meter measures real Lightning training steps; the predictor fake ones: within 1%."""
+def _parts(method: str, **kw):
+    """What the predictor trains (plain PyTorch parts, built under its FakeTensorMode)."""
+    return assemble({**BASE, "method": method, **kw})
+
+
+def _torch_memtracker_peak(method: str, batch: int = 16) -> int:
+    """The peak of one steady-state training step on real tensors by torch's own MemTracker
+    (torch.distributed._tools.mem_tracker): an implementation independent of glcan's tracker."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    torch.manual_seed(0)
+    parts = _parts(method)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    update = BlockUpdate(parts.build_optimizers())
+    local_step(parts.net, x, y, step=update)  # the first step creates the optimizer state
+    tracker = MemTracker()
+    tracker.track_external(parts.net, *update.optimizers, x, y)
+    with tracker:
+        local_step(parts.net, x, y, step=update)
+    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+
+
+@pytest.mark.parametrize("method", ["e2e", "local", "local_checkpoint"])
+def test_meter_and_predictor_agree_with_torchs_memtracker(method):
+    """The meter (real tensors) and the predictor (FakeTensors) both equal torch's MemTracker on
+    the same steady-state step, to the byte."""
+    torch.manual_seed(0)
+    parts = _parts(method)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    measured = measure_steps(parts, x, y).peak_bytes
+    predicted = predict(lambda: _parts(method), 16, (3, 32, 32), 10).peak_bytes
+    assert measured == predicted == _torch_memtracker_peak(method)
+
+
+@pytest.mark.parametrize("config", [LOCAL_CONFIG, E2E_CONFIG])
+def test_a_training_run_measures_what_the_predictor_predicts(tmp_path, config):
+    """A real Lightning run's meter (summary.json) against the prediction for its planned model."""
     cli = fit(config, tmp_path, "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "0",
-              "--trainer.limit_test_batches", "1", "--model.split", "uniform")
+              "--trainer.limit_test_batches", "1")
     measured = json.loads((tmp_path / "summary.json").read_text())["peak_memory_bytes"]
-    predicted = predict(lambda: cli.model.rebuild(), 16, (3, 32, 32), 10).peak_bytes
+    predicted = predict(lambda: assemble(cli.model.init_arguments), 16, (3, 32, 32), 10).peak_bytes
     assert measured == pytest.approx(predicted, rel=0.01)
 
 
 def test_memory_orderings():
     shape = (3, 32, 32)
-    peak = {m: predict(lambda m=m: _module(m), 16, shape, 10).peak_bytes for m in ("e2e", "e2e_checkpoint", "local")}
+    peak = {m: predict(lambda m=m: _parts(m), 16, shape, 10).peak_bytes for m in ("e2e", "e2e_checkpoint", "local")}
     assert peak["local"] < peak["e2e"] and peak["e2e_checkpoint"] < peak["e2e"]
-    k2 = predict(lambda: _module("local", num_blocks=2), 16, shape, 10).peak_bytes
-    k8 = predict(lambda: _module("local", num_blocks=8), 16, shape, 10).peak_bytes
+    k2 = predict(lambda: _parts("local", num_blocks=2), 16, shape, 10).peak_bytes
+    k8 = predict(lambda: _parts("local", num_blocks=8), 16, shape, 10).peak_bytes
     assert k8 < peak["local"] < k2
     # Twice the batch: activations double, parameters do not.
-    double = predict(lambda: _module("e2e", batch_size=32), 32, shape, 10).peak_bytes
+    double = predict(lambda: _parts("e2e", batch_size=32), 32, shape, 10).peak_bytes
     assert 1.8 * peak["e2e"] < double < 2.0 * peak["e2e"]
 
 
 @pytest.mark.slow  # ResNet-110
 def test_memory_split_beats_uniform_for_resnet110_k4():
     def peak(split: str):
-        est = predict(lambda: _module("local", backbone="resnet110", split=split, head="glcan", batch_size=128),
-                      128, (3, 32, 32), 10)
+        args = plan({**BASE, "method": "local", "backbone": "resnet110", "split": split, "batch_size": 128})
+        est = predict(lambda: assemble(args), 128, (3, 32, 32), 10)
         return est.peak_bytes, est.block_peaks
 
     uniform, uniform_blocks = peak("uniform")
@@ -72,10 +109,17 @@ def test_memory_split_beats_uniform_for_resnet110_k4():
 
 
 def test_report_has_the_floor_below_every_split():
-    report = memory_report(_module("local"), 16, (3, 32, 32), 10)
+    module = _module("local")
+    report = memory_report(module, 16, (3, 32, 32), 10)
     assert report["floor_bytes"] <= report["local_bytes"] < report["e2e_bytes"]
-    assert set(report["parts"]) >= {"parameters", "gradients", "optimizer_state", "activations", "heads", "input"}
-    assert sum(report["parts"].values()) == report["peak_bytes"]
+    # The parts are the tensors themselves: the network's parameters and buffers (BatchNorm's
+    # statistics), SGD's momentum buffers (one per parameter), and the batch (16 images and their
+    # int64 labels).
+    param_bytes = sum(p.numel() * p.element_size() for p in module.net.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in module.net.buffers())
+    assert report["parts"]["parameters"] == param_bytes + buffer_bytes
+    assert report["parts"]["optimizer_state"] == param_bytes
+    assert report["parts"]["input"] == 16 * 3 * 32 * 32 * 4 + 16 * 8
 
 
 def test_memory_command_json(capsys):
@@ -112,5 +156,5 @@ def test_predictor_within_10_percent_of_cuda_max_memory_allocated(tmp_path):
               "--trainer.limit_val_batches", "0", "--trainer.limit_test_batches", "1")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["memory_method"] == "torch.cuda.max_memory_allocated"
-    predicted = predict(lambda: cli.model.rebuild(), 256, (3, 32, 32), 10).peak_bytes
+    predicted = predict(lambda: assemble(cli.model.init_arguments), 256, (3, 32, 32), 10).peak_bytes
     assert summary["peak_memory_bytes"] == pytest.approx(predicted, rel=0.10)

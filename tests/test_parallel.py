@@ -26,7 +26,7 @@ from conftest import LOCAL_CONFIG, ROOT, SHRINK, fit
 from glcan.core.step import local_step
 from glcan.data import GLCanDataModule
 from glcan.lit import GLCanModule
-from glcan.cli.main import main
+from glcan.cli import main
 from glcan.parallel import PipelineError
 from glcan.parallel.job import batches_per_epoch, block_times_ms, group_blocks, stepping
 

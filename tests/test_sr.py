@@ -15,13 +15,14 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from conftest import CONFIGS, block_grads
-from glcan.cli.main import main
+from glcan.cli import main
 from glcan.core.step import BlockUpdate, e2e_loss, local_step
 from glcan.data import DataError, GLCanDataModule
 from glcan.data.sr_images import bicubic_downscale
 from glcan.heads import build_head
 from glcan.heads.sr import SRTailHead, bicubic_upscale
 from glcan.lit import GLCanModule
+from glcan.lit.plan import assemble
 from glcan.lit.metrics import psnr_metric, sr_eval_view, ssim_metric, y_channel
 from glcan.memory.predictor import predict
 
@@ -161,8 +162,8 @@ def test_sr_local_with_one_block_equals_e2e():
 def test_memory_predictions_work_for_sr_and_local_saves():
     kwargs = dict(backbone="edsr_baseline", task="sr_x2", num_classes=3, image_shape=(3, 48, 48), batch_size=16,
                   head="sr_glcan", split="uniform")
-    e2e = predict(lambda: GLCanModule(method="e2e", **kwargs), 16, (3, 48, 48), 3).peak_bytes
-    local = predict(lambda: GLCanModule(method="local", num_blocks=4, **kwargs), 16, (3, 48, 48), 3).peak_bytes
+    e2e = predict(lambda: assemble(dict(method="e2e", **kwargs)), 16, (3, 48, 48), 3).peak_bytes
+    local = predict(lambda: assemble(dict(method="local", num_blocks=4, **kwargs)), 16, (3, 48, 48), 3).peak_bytes
     assert 0 < local < 0.5 * e2e
 
 

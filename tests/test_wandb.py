@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from glcan.compare.grid import Point
 from glcan.compare.results import Run
 from glcan.compare.tracking import log_comparison
-from glcan.cli.main import main as entry_main
+from glcan.cli import main as entry_main
 from glcan.lit.loggers import WandbOptions
 
 REPO = ROOT

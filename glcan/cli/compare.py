@@ -1,4 +1,9 @@
-"""``python train.py compare``: its own flags, the grid checked by the fit parser, then glcan.compare."""
+"""``python train.py compare``: the fit parser plus compare's own typed options; then glcan.compare.
+
+The whole command line is parsed once, by the fit parser with compare's options added, so a
+typo anywhere is caught before anything trains; each grid value is then checked by the same
+parser (parse only, nothing built).
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,31 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from glcan.cli import run
-from glcan.cli.help import did_you_mean, options, parse_error_line
-from glcan.cli.parser import GLCanCLI
+from glcan.cli.cli import GLCanCLI, run_fit
 from glcan.compare.comparison import run_comparison
-from glcan.compare.grid import CompareError, Options, expand, split_values
+from glcan.compare.grid import RESERVED_KEYS, CompareError, Options, expand, parse_grid, split_values
 
-RESERVED = {  # keys compare sets itself -> what to use instead
-    "seed_everything": "--seeds N or --seed_list",
-    "run_dir": "--out DIR",
-    "logger.group": "--name NAME",
-    "config": "--config (passed to every run)",
-    "ckpt_path": "nothing: an interrupted comparison resumes its runs by itself",
-}
-OWN_FLAGS = ("--grid", "--seeds", "--seed_list", "--out", "--name")
+OWN = ("--grid", "--seeds", "--seed_list", "--out", "--name", "--baseline")
 
 HELP = """usage: python train.py compare [--config BASE.yaml] --grid KEY=V1,V2 [--grid ...] [--seeds N | --seed_list 0,3]
-                        [--out DIR] [--name NAME] [any fit option, passed to every run]
+                        [--baseline KEY=V] [--out DIR] [--name NAME] [any fit option, passed to every run]
 
 Trains the cross product of the grid (E2E points, which ignore K/head/split, once per seed),
 one run after another in this process, then writes into DIR (default runs/compare_<time>):
   comparison.csv   one row per planned run: summary.json fields, grid values, status
-  report.md        the table (accuracy, per-block accuracy, peak memory, step time, ratios
-                   to E2E), missing runs, the command, the machine
+  report.md        the table (accuracy, its paired difference to E2E and to --baseline's row
+                   with 95% intervals, validation accuracy, per-block accuracy, peak memory,
+                   step time, ratios to E2E), collapsed and missing runs, the command, the machine
   acc_vs_memory.png  block_acc.png  loss_curves.png
   runs/<run id>/   each run (summary.json, metrics.csv, config.yaml, checkpoints, wandb/)
   comparison.json  the plan; running the same command again resumes (finished runs skipped)
 
-Run ids: e2e_s0, e2e_checkpoint_s0, local_k4_glcan_s0 (+ _<key>-<value> for other grid keys).
-Each run is a W&B run in group NAME (default: DIR's name + a timestamp), plus one run of
-job_type "comparison"; offline without an API key; --logger false or WANDB_MODE=disabled: no W&B.
+Seeds vary initialisation and data order over one fixed data split (data.seed), so rows are
+paired by seed. Run ids: e2e_s0, e2e_checkpoint_s0, local_k4_glcan_s0 (+ _<key>-<value> for
+other grid keys). Each run is a W&B run in group NAME (default: DIR's name + a timestamp), plus
+one run of job_type "comparison"; offline without an API key; --logger false: no W&B.
 A failed run is reported and the others go on; the report then says the comparison is
 incomplete, and the exit status is 1.
 
@@ -49,105 +47,75 @@ Examples:
       --data.name fake --trainer.max_epochs 1 --out runs/smoke
 """
 
+def add_arguments(parser: Any) -> None:
+    """compare's own options, typed, on the fit parser."""
+    parser.add_argument("--grid", type=str, action="append", default=[], help="KEY=V1,V2: one axis of the grid.")
+    parser.add_argument("--seeds", type=Optional[int], default=None, help="run seeds 0..N-1.")
+    parser.add_argument("--seed_list", type=Optional[str], default=None, help="run these seeds, e.g. 0,3.")
+    parser.add_argument("--name", type=Optional[str], default=None, help="the W&B group.")
+    parser.add_argument("--baseline", type=Optional[str], default=None,
+                        help="KEY=V: the row every other row is also paired with.")
 
 
-def parse_grid(spec: str) -> tuple[str, list[str]]:
-    bad = CompareError(f"--grid '{spec}' needs key=v1,v2 (e.g. --grid model.num_blocks=2,4,8)")
-    key, eq, rest = spec.partition("=")
-    key = key.strip()
-    if key.startswith("--"):
-        key = key[2:]
-    if not eq or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*", key):
-        raise bad
-    values = split_values(rest)
-    if not values or any(v == "" for v in values):
-        raise bad
-    if key in RESERVED:
-        raise CompareError(f"--grid '{spec}': {key} is set by compare; use {RESERVED[key]}")
-    if len(set(values)) != len(values):
-        raise CompareError(f"--grid '{spec}': a value is repeated")
-    return key, values
-
-
-def _int_list(flag: str, text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in split_values(text.strip("[]"))]
-    except ValueError:
-        raise CompareError(f"{flag} needs integers, got '{text}'") from None
-    if len(set(seeds)) != len(seeds):
-        raise CompareError(f"{flag} '{text}' repeats a seed")
-    return seeds
-
-
-def parse_args(argv: list[str]) -> Options:
-    """Split ``argv`` into compare's own flags and the fit options passed to every run."""
-    opts, i, seeds_from = Options(), 0, None
-    while i < len(argv):
-        arg = argv[i]
-        flag, eq, inline = arg.partition("=")
-        if flag in OWN_FLAGS or flag in ("--seed_everything", "--run_dir", "--logger.group", "--ckpt_path"):
-            if eq:
-                value, i = inline, i + 1
-            elif i + 1 < len(argv):
-                value, i = argv[i + 1], i + 2
-            else:
-                raise CompareError(f"{flag} needs a value")
-            if flag == "--grid":
-                key, values = parse_grid(value)
-                if any(k == key for k, _ in opts.grid):
-                    raise CompareError(f"--grid '{value}': {key} is already in the grid")
-                opts.grid.append((key, values))
-            elif flag == "--seeds":
-                if not value.isdigit() or int(value) < 1:
-                    raise CompareError(f"--seeds needs a positive count (seeds 0..N-1), got '{value}'")
-                if seeds_from not in (None, "--seed_everything"):
-                    raise CompareError(f"--seeds and {seeds_from} both given; use one")
-                opts.seeds, seeds_from = list(range(int(value))), flag
-            elif flag in ("--seed_list", "--seed_everything"):
-                if seeds_from not in (None, "--seed_everything"):
-                    raise CompareError(f"{flag} and {seeds_from} both given; use one")
-                if flag == "--seed_list" or seeds_from is None:
-                    opts.seeds, seeds_from = _int_list(flag, value), flag
-            elif flag == "--out":
-                opts.out = value
-            elif flag == "--name":
-                if not re.fullmatch(r"[\w.+-]+", value):
-                    raise CompareError(f"--name '{value}' may only use letters, digits and . _ + -")
-                opts.name = value
-            else:
-                raise CompareError(f"{flag} is set by compare for every run; use {RESERVED[flag[2:]]}")
-            continue
-        opts.fixed.append(arg)
-        i += 1
+def options(cfg: Any, argv: list[str]) -> Options:
+    """compare's options from the parsed config; the fit options are ``argv`` without them."""
+    for flag, hint in RESERVED_KEYS.items():
+        if flag != "config" and any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv):
+            raise CompareError(f"--{flag} is set by compare for every run; use {hint}")
+    opts = Options(out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"), fixed=_without_own(argv))
+    for spec in cfg.get("grid") or []:
+        key, values = parse_grid(spec)
+        if any(k == key for k, _ in opts.grid):
+            raise CompareError(f"--grid '{spec}': {key} is already in the grid")
+        opts.grid.append((key, values))
+    if cfg.get("seeds") is not None and cfg.get("seed_list") is not None:
+        raise CompareError("--seeds and --seed_list both given; use one")
+    if cfg.get("seeds") is not None:
+        if cfg.seeds < 1:
+            raise CompareError(f"--seeds needs a positive count (seeds 0..N-1), got {cfg.seeds}")
+        opts.seeds = list(range(cfg.seeds))
+    elif cfg.get("seed_list") is not None:
+        try:
+            opts.seeds = [int(s) for s in split_values(str(cfg.seed_list).strip("[]"))]
+        except ValueError:
+            raise CompareError(f"--seed_list needs integers, got '{cfg.seed_list}'") from None
+        if len(set(opts.seeds)) != len(opts.seeds):
+            raise CompareError(f"--seed_list '{cfg.seed_list}' repeats a seed")
+    if opts.name is not None and not re.fullmatch(r"[\w.+-]+", opts.name):
+        raise CompareError(f"--name '{opts.name}' may only use letters, digits and . _ + -")
+    if opts.baseline is not None:
+        key, _, value = opts.baseline.partition("=")
+        if value not in dict(opts.grid).get(key, []):
+            raise CompareError(f"--baseline '{opts.baseline}' must be key=value of a --grid key and one of its values")
     return opts
 
 
+def _without_own(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in OWN:
+            skip = True
+        elif not a.startswith(tuple(f"{f}=" for f in OWN)):
+            out.append(a)
+    return out
 
 
-def parse_fit(args: list[str]) -> Any:
-    """The resolved ``fit`` config for ``args`` (parsed, nothing built); raises ``argparse.ArgumentError``."""
-    return GLCanCLI(args, instantiate=False).config
+def check_grid(cli: GLCanCLI, opts: Options) -> None:
+    """Every grid value through the fit parser (parse only) before anything trains."""
+    from glcan.cli.help import did_you_mean, known_options, parse_error_line
 
-
-def check(opts: Options) -> Any:
-    """Validate the pass-through options and every grid value with the fit parser before
-    anything trains (a typo costs one line, not an hour); return the base config."""
-    parser = GLCanCLI([], instantiate=False).parser
-    try:
-        base = parse_fit(opts.fixed)
-    except argparse.ArgumentError as e:
-        raise CompareError(f"bad fit option: {parse_error_line(e, parser)}") from None
-    known = options(parser)
+    known = known_options()
     for key, values in opts.grid:
         spec = f"{key}={','.join(values)}"
-        if key not in known and not any(key.startswith(k + ".") for k in known if "." in k):
+        if key not in known and not any(key.startswith(k + ".") for k in known):
             raise CompareError(f"--grid '{spec}': unknown key '{key}'{did_you_mean(key, known)}")
         for value in values:
             try:
-                parse_fit([*opts.fixed, f"--{key}", value])
-            except argparse.ArgumentError as e:
-                raise CompareError(f"--grid '{spec}': bad value '{value}': {parse_error_line(e, parser)}") from None
-    return base
+                cli.parser.parse_args([*opts.fixed, f"--{key}", value], defaults=True)
+            except (argparse.ArgumentError, SystemExit) as e:
+                raise CompareError(f"--grid '{spec}': bad value '{value}': {parse_error_line(e)}") from None
 
 
 def command_line(argv: list[str]) -> str:
@@ -157,9 +125,15 @@ def command_line(argv: list[str]) -> str:
     return cmd
 
 
+def parse(argv: list[str]) -> tuple[GLCanCLI, Options]:
+    """The command line, parsed once: the parser (to check grid values with) and the options."""
+    cli = GLCanCLI(argv, run=False, instantiate=False, extra=add_arguments)
+    return cli, options(cli.config, argv)
+
+
 def main(argv: list[str]) -> int:
-    opts = parse_args(argv)
-    base = check(opts)
-    plan = expand(opts, {"model.method": base.model.method, "model.num_blocks": base.model.num_blocks,
-                         "model.head": base.model.head})
-    return run_comparison(opts, plan, base.get("logger"), command_line(argv), fit=run.fit)
+    cli, opts = parse(argv)
+    check_grid(cli, opts)
+    model = cli.config.model
+    plan = expand(opts, {"model.method": model.method, "model.num_blocks": model.num_blocks, "model.head": model.head})
+    return run_comparison(opts, plan, cli.config.get("logger"), command_line(argv), fit=lambda args: run_fit(args))

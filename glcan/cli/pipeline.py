@@ -17,17 +17,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from glcan.cli.parser import GLCanCLI
 from glcan.cli.rundir import RunDir
-from glcan.cli.trainer import build_trainer, log_summary_to_wandb, print_summary_line
-from glcan.io import write_json, write_text
+from glcan.io import write_text
 from glcan.lit.loggers import wandb_run_dir
-from glcan.lit.summary import build_summary, test_metrics
+from glcan.lit.summary import build_summary, stage_metrics, summary_line
 from glcan.parallel.finish import epoch_rows, measurements
 from glcan.parallel.job import Job, build_job
 from glcan.parallel.options import PipelineError
@@ -36,22 +34,22 @@ from glcan.parallel.supervise import spawn, worker_main
 from glcan.parallel.worker import STATS
 
 
-def fit_pipeline(cli: GLCanCLI, run: RunDir) -> int:
+def fit_pipeline(cli: Any, run: RunDir) -> int:
     """Train with pipeline workers, then test and summarise; the exit status."""
-    cfg = cli.config
+    cfg = cli.cfg
     if run.resume_from is not None:
         raise PipelineError("a pipeline run cannot resume from a checkpoint yet; resume it in one process "
                             "(without --parallel.mode pipeline) or start a new run")
+    if not cli.model.task.pipeline:
+        raise PipelineError(f"--parallel.mode pipeline does not support {cli.model.task.kind.replace('_', '-')} yet "
+                            "(its workers pass integer labels only); use --parallel.mode none or ddp")
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0)) if torchrun else 0
     job = build_job(cli.model, cli.datamodule, cfg.trainer, cfg.parallel, cfg.get("seed_everything"), str(run.path),
                     workers=int(os.environ["WORLD_SIZE"]) if torchrun else None, plan=rank == 0)
     if rank == 0:
-        write_text(run.path / "config.yaml", cli.parser.dump(cfg, skip_none=False))
-    if not torchrun:
-        code = spawn(job)
-    else:
-        code = _run_torchrun(job, rank)
+        write_text(run.path / "config.yaml", cli._parser("fit").dump(cfg, skip_none=False))
+    code = spawn(job) if not torchrun else _run_torchrun(job, rank)
     if code != 0 or rank != 0:
         return code
     return finish(cli, job, run)
@@ -70,11 +68,10 @@ def _run_torchrun(job: Job, rank: int) -> int:
     return 0
 
 
-def finish(cli: GLCanCLI, job: Job, run: RunDir) -> int:
+def finish(cli: Any, job: Job, run: RunDir) -> int:
     """Test the pipeline's checkpoint through Lightning; write metrics.csv and summary.json."""
     record = json.loads((run.path / STATS).read_text())
-    trainer = cli.trainer = build_trainer(cli, run.path, training=False, job_type="local",
-                                          wandb_id=run.record.get("wandb_id"))
+    trainer = cli.trainer
     for row in epoch_rows(record):
         step = row.pop("step")
         for lg in trainer.loggers:
@@ -82,14 +79,12 @@ def finish(cli: GLCanCLI, job: Job, run: RunDir) -> int:
     job.datamodule.setup("test")
     trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=record["checkpoint"], verbose=False)
     summary = build_summary(cli.model, cli.datamodule, epochs=record["epochs"], global_step=record["global_step"],
-                            seed=job.seed, precision=job.precision, test_metrics=test_metrics(trainer),
+                            seed=job.seed, precision=job.precision, test_metrics=stage_metrics(trainer, "test"),
                             measured=measurements(record, job), run_dir=str(run.path),
                             wandb_dir=wandb_run_dir(trainer.loggers))
     for lg in trainer.loggers:
         lg.save()
-    path = write_json(Path(run.path) / "summary.json", summary)
+    path = run.write_summary(summary, trainer.loggers)
     remove_shards(run.path)
-    log_summary_to_wandb(trainer.loggers, summary)
-    print_summary_line(summary, path)
+    print(summary_line(summary, path), flush=True)
     return 0
-

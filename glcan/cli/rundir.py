@@ -14,16 +14,20 @@ included), so a stale lock never blocks a resume.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
+
 from glcan.io import write_json
 from glcan.lit.checks import ConfigError
+from glcan.lit.loggers import log_summary
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -38,6 +42,7 @@ class RunDir:
     resume_from: Optional[Path] = None  # the checkpoint a resumed run continues from
     record: dict[str, Any] = field(default_factory=dict)  # run.json
     notice: Optional[str] = None  # one line worth telling the user (e.g. nothing to resume)
+    secondary: bool = False  # a rank > 0: rank 0 owns the directory and its lock
     _lock: Optional[IO] = None
 
     @property
@@ -50,6 +55,8 @@ class RunDir:
 
     def acquire(self) -> "RunDir":
         """Create the directory and take its lock; a second run into it gets a one-line error."""
+        if self.secondary:
+            return self
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             f = open(self.path / LOCK_FILE, "a+")
@@ -68,17 +75,35 @@ class RunDir:
         f.write(str(os.getpid()))
         f.flush()
         self._lock = f
-        if not self.record:
-            self.record = {"wandb_id": uuid.uuid4().hex[:12], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.record.setdefault("created", time.strftime("%Y-%m-%d %H:%M:%S"))
         self.record["resumed"] = self.record.get("resumed", 0) + (1 if self.resume_from else 0)
         write_json(self.path / RUN_FILE, self.record)
         return self
 
     def release(self) -> None:
+        if not self.secondary:
+            os.environ.pop("GLCAN_RUN_DIR", None)
+            os.environ.pop("GLCAN_RESUME_FROM", None)
         if self._lock is not None:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+    def write_summary(self, summary: dict[str, Any], loggers: list) -> Path:
+        """summary.json, atomically; a figure this segment could not measure (a resumed run that
+        had nothing left to train) keeps the value an earlier segment measured. Also W&B's summary."""
+        path = self.path / "summary.json"
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = {}
+        for key, value in before.items():
+            if summary.get(key) is None and value is not None:
+                summary[key] = value
+        summary["resumed"] = self.record.get("resumed", 0)
+        write_json(path, summary)
+        log_summary(loggers, summary)
+        return path
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -144,8 +169,6 @@ def for_training(root: str, name: str, run_dir: Optional[str], ckpt_path: Option
 
 def checkpoint_file(ckpt_path: str) -> Path:
     """``ckpt_path`` as an existing Lightning checkpoint file, or a one-line error naming it."""
-    import zipfile
-
     path = Path(ckpt_path)
     if not path.exists():
         raise ConfigError(f"--ckpt_path {ckpt_path}: no such file")
@@ -166,3 +189,78 @@ def latest_checkpoint(root: str, name: str) -> Optional[Path]:
         if last.is_file():
             return last
     return None
+
+
+# ---------------------------------------------------------------- from a parsed config
+def backbone_label(spec: Any, name: str) -> str:
+    """How a run directory names its network: the registry name, or for your own network its
+    factory or class and a short hash of how it was made, so two custom networks never share a
+    run (nor resume each other's)."""
+    if isinstance(spec, str) and "." not in spec:
+        return spec
+    if isinstance(spec, dict) or hasattr(spec, "class_path"):
+        items = vars(spec) if hasattr(spec, "class_path") else spec
+        path, init = str(items.get("class_path")), items.get("init_args")
+        text = json.dumps([path, vars(init) if hasattr(init, "__dict__") else init], sort_keys=True, default=str)
+        base = path.rsplit(".", 1)[-1]
+    elif isinstance(spec, str):
+        text, base = spec, spec.rsplit(".", 1)[-1]
+    else:
+        modules = spec if isinstance(spec, (list, tuple)) else [spec]
+        text, base = "".join(repr(m) for m in modules), name
+    return f"{base}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+
+
+def experiment_name(cfg: Any, model: Any, datamodule: Any) -> str:
+    """``mnist5k_resnet20_local_k4_glcan``: what was trained, readable in a directory listing."""
+    h = model.hparams
+    name = f"{getattr(datamodule, 'name', 'data')}_{backbone_label(cfg.model.backbone, model.backbone_name)}_{h.method}"
+    return name + (f"_k{model.net.num_blocks}_{h.head}" if model.is_local else "")
+
+
+def _root(cfg: Any) -> str:
+    return cfg.trainer.get("default_root_dir") or "runs"
+
+
+def place(cfg: Any, model: Any, datamodule: Any) -> RunDir:
+    """Where this fit writes and what it resumes; ranks > 0 follow rank 0's choice (the DDP
+    launcher and torchrun pass it on in the environment)."""
+    if "WORLD_SIZE" in os.environ and int(os.environ.get("RANK", "0")) > 0 or \
+            os.environ.get("GLCAN_RUN_DIR") is not None and os.environ.get("LOCAL_RANK", "0") != "0":
+        resume = os.environ.get("GLCAN_RESUME_FROM") or None
+        path = os.environ.get("GLCAN_RUN_DIR") or cfg.get("run_dir") or _root(cfg)
+        return RunDir(Path(path), Path(resume) if resume else None, secondary=True)
+    run = for_training(_root(cfg), experiment_name(cfg, model, datamodule), cfg.get("run_dir"), cfg.get("ckpt_path"))
+    run.record.setdefault("wandb_id", uuid.uuid4().hex[:12])  # W&B's run id: a resumed run continues it
+    if run.notice:
+        print(f"note: {run.notice}", flush=True)
+    os.environ["GLCAN_RUN_DIR"], os.environ["GLCAN_RESUME_FROM"] = str(run.path), str(run.resume_from or "")
+    return run
+
+
+def eval_checkpoint(cfg: Any, model: Any, datamodule: Any) -> Path:
+    """The checkpoint ``validate``/``test``/``predict`` use: required, ``last`` allowed."""
+    spec = cfg.get("ckpt_path")
+    if not spec:
+        raise ConfigError("this command needs --ckpt_path: a checkpoint file, a run directory, or 'last' "
+                          "(the latest run of this config); untrained weights say nothing")
+    if spec != "last":
+        return checkpoint_file(spec)
+    if cfg.get("run_dir"):
+        return checkpoint_file(cfg.run_dir)
+    name = experiment_name(cfg, model, datamodule)
+    found = latest_checkpoint(_root(cfg), name)
+    if found is None:
+        raise ConfigError(f"--ckpt_path last: no run of this config under {_root(cfg)}/{name}")
+    return found
+
+
+def record_dir(ckpt: Path) -> Path:
+    """Where an evaluation's record goes: the checkpoint's run directory, else beside it."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def run_config_of(ckpt: Path) -> Optional[Path]:
+    """The resolved config.yaml of the run a checkpoint belongs to, if it has one."""
+    path = record_dir(ckpt) / "config.yaml"
+    return path if path.is_file() else None

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from glcan.compare import plots, report, results, runner, tracking
 from glcan.compare.grid import CompareError, Options, Plan
 from glcan.io import write_json
+from glcan.lit.loggers import wandb_options
 
 MANIFEST = "comparison.json"
 
@@ -65,13 +66,14 @@ def run_comparison(opts: Options, plan: Plan, logger_options: Any, command: str,
     cid = comparison_id(opts, out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = write_manifest(out, cid, opts, plan, command)
-    options = tracking.options_of(logger_options)
+    options = wandb_options(logger_options)
     _say(f"comparison {cid}: {len(plan.points)} run(s) into {out}: {', '.join(p.run_id for p in plan.points)}")
 
     start = time.perf_counter()
     outcomes = runner.run_all(plan.points, opts.fixed, out, cid, fit, say=_say)
     runs = results.collect(out, plan.points, outcomes)
-    groups = results.group_runs(runs)
+    baseline = tuple(opts.baseline.split("=", 1)) if opts.baseline else None
+    groups = results.group_runs(runs, baseline)
     results.write_csv(out / "comparison.csv", runs, [k for k, _ in plan.grid])
     try:
         pngs = plots.draw_all(out, groups, runs)
@@ -89,8 +91,8 @@ def run_comparison(opts: Options, plan: Plan, logger_options: Any, command: str,
         notes.append(f"{reused} run(s) were complete before this call and were reused (resume)")
     if wandb_dir:
         notes.append(f"W&B: group `{cid}`, comparison run in `{wandb_dir}`")
-    report.markdown(out / "report.md", cid, groups, runs, command, pngs, notes)
-    report.print_table(groups, runs, cid)
+    report.markdown(out / "report.md", cid, groups, runs, command, pngs, notes, baseline=opts.baseline)
+    report.print_table(groups, runs, cid, baseline=opts.baseline)
     mode = tracking.wandb_on(options)
     offline = sorted(glob.glob(str(out / "runs" / "*" / "wandb" / "offline-run-*")) + glob.glob(str(out / "wandb" / "offline-run-*")))
     if mode == "offline" and offline:

@@ -29,6 +29,7 @@ class Options:
     seeds: list[int] = field(default_factory=lambda: [0])
     out: Optional[str] = None
     name: Optional[str] = None
+    baseline: Optional[str] = None  # "key=value": the row every other row is also paired with
     fixed: list[str] = field(default_factory=list)  # passed through to every run
 
 
@@ -75,6 +76,32 @@ def split_values(text: str) -> list[str]:
             cur += ch
     out.append(cur.strip())
     return out
+
+
+RESERVED_KEYS = {  # keys compare sets itself -> what to use instead
+    "seed_everything": "--seeds N or --seed_list",
+    "run_dir": "--out DIR",
+    "logger.group": "--name NAME",
+    "config": "--config (passed to every run)",
+    "ckpt_path": "nothing: an interrupted comparison resumes its runs by itself",
+}
+
+
+def parse_grid(spec: str) -> tuple[str, list[str]]:
+    """``model.num_blocks=2,4,8`` -> ``("model.num_blocks", ["2", "4", "8"])`` (one ``--grid``)."""
+    bad = CompareError(f"--grid '{spec}' needs key=v1,v2 (e.g. --grid model.num_blocks=2,4,8)")
+    key, eq, rest = spec.partition("=")
+    key = key.strip().removeprefix("--")
+    if not eq or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*", key):
+        raise bad
+    values = split_values(rest)
+    if not values or any(v == "" for v in values):
+        raise bad
+    if key in RESERVED_KEYS:
+        raise CompareError(f"--grid '{spec}': {key} is set by compare; use {RESERVED_KEYS[key]}")
+    if len(set(values)) != len(values):
+        raise CompareError(f"--grid '{spec}': a value is repeated")
+    return key, values
 
 
 def _slug(value: str) -> str:

@@ -55,26 +55,51 @@ def _mean(g: Group, key: str) -> Optional[float]:
     return sum(v) / len(v) if v else None
 
 
-def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+def _delta(g: Group, other: Optional[Group], metric: Metric) -> str:
+    """The paired difference to another row, ``+0.40 ± 0.61 (n=5)``; ``—`` for the row itself."""
+    if other is None:
+        return "n/a"
+    if other is g:
+        return "—"
+    d = g.paired(other)
+    digits = 2
+    return "n/a" if d is None else d.show(metric.factor, digits)
+
+
+def _seeds(g: Group) -> str:
+    n_ok, n, gone = len(g.ok), len(g.runs), len(g.collapsed)
+    text = str(n_ok - gone) if n_ok == n else f"{n_ok - gone} of {n}"
+    return text + (f" (+{gone} collapsed)" if gone else "")
+
+
+def table(groups: list[Group], baseline: Optional[str] = None) -> tuple[list[str], list[list[str]]]:
+    """The report's rows; ``baseline`` (``key=value``) names the row every other is also paired with."""
     extra_keys = list(dict.fromkeys(k for g in groups for k in g.extras))
     metric = groups_metric(groups)
-    headers = HEADERS[:3] + [k.rsplit(".", 1)[-1] for k in extra_keys] + metric_headers(metric) + HEADERS[6:]
+    name = "acc" if metric.name == "acc" else metric.name.upper()
+    deltas = [f"Δ {name} vs E2E"] + ([f"Δ {name} vs {baseline}"] if baseline else [])
+    headers = (HEADERS[:3] + [k.rsplit(".", 1)[-1] for k in extra_keys] + metric_headers(metric)[:2] + deltas
+               + [f"val {metric.label.split(' ', 1)[1]}"] + metric_headers(metric)[2:] + HEADERS[6:])
     f = metric.factor
     rows = []
     for g in groups:
         mean, std = g.score()
         score = "missing" if mean is None else f"{f * mean:.2f}" + (f" ± {f * std:.2f}" if std is not None else "")
+        val = g.values(f"val_{metric.name}")
+        paired = [_delta(g, g.ref if g.method != "e2e" else g, metric)]
+        if baseline:
+            paired.append(_delta(g, g.baseline, metric) if g.baseline is not None else "n/a")
         digits = ".1f" if metric.name == "acc" else ".2f"
         blocks = " / ".join(_num(None if b is None else f * b, digits) for b in g.block_scores()) or "n/a"
         extra = [] if metric.name == "acc" else [
             _num(_mean(g, "test_ssim"), ".4f"),
             f"{_num(_mean(g, 'bicubic_psnr'), '.2f')} / {_num(_mean(g, 'bicubic_ssim'), '.4f')}"]
         local = is_local(g.method)
-        n_ok, n = len(g.ok), len(g.runs)
         rows.append([
             g.method, str(g.num_blocks) if local else "—", str(g.head) if local else "—",
             *[g.extras.get(k, "—") for k in extra_keys],
-            str(n) if n_ok == n else f"{n_ok} of {n}", score, blocks, *extra, _count(g.params()),
+            _seeds(g), score, *paired, _num(f * sum(val) / len(val) if val else None, ".2f"), blocks, *extra,
+            _count(g.params()),
             _count(g.params("head_params")),
             _num(g.memory_mib()), short_method(g.memory_method()), _num(g.ratio("memory"), ".2f", "×"),
             _num(g.step_cpu_ms()), _num(g.ratio("time"), ".2f", "×") + ("*" if g.time_caveat() else ""),
@@ -117,8 +142,9 @@ def status_line(runs: list[Run]) -> str:
 
 
 def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command: str,
-             plots: list[str], notes: Optional[list[str]] = None, info: Optional[dict[str, str]] = None) -> Path:
-    headers, rows = table(groups)
+             plots: list[str], notes: Optional[list[str]] = None, info: Optional[dict[str, str]] = None,
+             baseline: Optional[str] = None) -> Path:
+    headers, rows = table(groups, baseline)
     metric = groups_metric(groups)
     what = ("the last head's test accuracy" if metric.name == "acc" else
             "the last head's test PSNR (dB, Y channel, border shaved; SSIM likewise; bicubic upsampling of the same "
@@ -129,6 +155,11 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"- **{metric.label.split(' (')[0]}**: {what}, mean ± sample std over seeds; "
               "**per-block**: each block's own head on the test set (block 1 first; E2E has one).",
+              "- **Δ vs E2E**" + (f" / **Δ vs {baseline}**" if baseline else "") + ": the mean *paired* difference "
+              "(same seed: same initialisation seed and data order, same data split) with its 95% Student-t "
+              "interval, mean ± t(0.975, n-1)·sd/√n over the n seeds both rows finished; a difference is "
+              "supported where the interval excludes zero. **val**: the last validation's figure, mean over "
+              "seeds: choose variants on it, and read the test columns only for what was chosen.",
               "- **peak memory**: `peak_memory_bytes` of each run's summary.json (mean over seeds), measured by: "
               + ("; ".join(f"`{m}`" for m in methods) or "n/a") + ".",
               "- **params**: the deployed network's parameters (the blocks and the classifier: what E2E trains too); "
@@ -146,6 +177,11 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     if timed and min(timed) < 10:
         lines.append(f"- **caution**: some step times come from only {min(timed)} timed step(s) "
                      "(short runs): read them as rough.")
+    gone = [(g, s) for g in groups for s in g.collapsed]
+    if gone:
+        lines += ["", "## Collapsed runs (counted apart, in no mean)", ""]
+        lines += [f"- `{Path(str(s.get('run_dir', '?'))).name}` ({g.label}, seed {s.get('seed')}): test "
+                  f"{metric.show(s.get(f'test_{metric.name}'))}, within 5 points of chance" for g, s in gone]
     missing = [r for r in runs if r.summary is None]
     if missing:
         lines += ["", "## Missing runs", ""]
@@ -171,11 +207,11 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     return path
 
 
-def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None) -> None:
+def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None, baseline: Optional[str] = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    headers, rows = table(groups)
+    headers, rows = table(groups, baseline)
     caption = status_line(runs).replace("**", "") + (" Peak memory: mean, step CPU time: median over seeds; ratios to"
                                                      " E2E (time from CPU time; * = measured under load or with other"
                                                      " thread counts).")

@@ -8,6 +8,10 @@ taken to the E2E configuration with the same other grid values.
 
 A run's primary metric is the one its summary names (``metric``: ``acc`` for classification,
 ``psnr`` for super-resolution; ``acc`` when absent): ``test_<metric>`` and ``block_<metric>``.
+
+Accuracy follows the protocol of glcan.compare.stats: a classification run that collapsed (test
+accuracy within 5 points of chance) is counted apart and left out of every mean and difference;
+rows are compared by paired differences over the seeds they share, with 95% t-intervals.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from glcan.compare import stats
 from glcan.compare.grid import STRUCTURAL, Point
 from glcan.compare.runner import SUMMARY, Outcome, run_dir
 from glcan.core.build import is_local
@@ -47,13 +52,36 @@ class Group:
     extras: dict[str, str]
     runs: list[Run] = field(default_factory=list)
     ref: Optional["Group"] = None  # the E2E group to compare with
+    baseline: Optional["Group"] = None  # the --baseline row with the same other grid values
 
     @property
     def ok(self) -> list[dict[str, Any]]:
+        """Every finished run's summary (memory and time are valid even for a collapsed run)."""
         return [r.summary for r in self.runs if r.summary is not None]
 
+    @property
+    def counted(self) -> list[dict[str, Any]]:
+        """The finished runs that did not collapse: what accuracy means and differences use."""
+        return [s for s in self.ok if not is_collapsed(s)]
+
+    @property
+    def collapsed(self) -> list[dict[str, Any]]:
+        return [s for s in self.ok if is_collapsed(s)]
+
     def values(self, key: str) -> list[float]:
-        return [float(s[key]) for s in self.ok if s.get(key) is not None]
+        runs = self.counted if key.startswith(("test_", "val_", "block_")) else self.ok
+        return [float(s[key]) for s in runs if s.get(key) is not None]
+
+    def by_seed(self, key: str) -> dict[int, float]:
+        """``{seed: value}`` of a metric over the counted runs (for paired differences)."""
+        return {int(s["seed"]): float(s[key]) for s in self.counted if s.get(key) is not None and s.get("seed") is not None}
+
+    def paired(self, other: Optional["Group"], stage: str = "test") -> Optional[stats.Interval]:
+        """This row minus ``other`` on the primary metric, paired by seed, with its 95% interval."""
+        if other is None or other is self:
+            return None
+        key = f"{stage}_{self.metric.name}"
+        return stats.paired(self.by_seed(key), other.by_seed(key))
 
     @property
     def label(self) -> str:
@@ -134,6 +162,13 @@ class Group:
         return None
 
 
+def is_collapsed(summary: dict[str, Any]) -> bool:
+    """A classification run whose test accuracy is within 5 points of chance (glcan.compare.stats)."""
+    acc, classes = summary.get("test_acc"), summary.get("num_classes")
+    return (summary.get("metric") or "acc") == "acc" and acc is not None and classes is not None \
+        and stats.collapsed(float(acc), int(classes))
+
+
 def metric_of(summaries: list[dict[str, Any]]) -> Metric:
     """The primary metric the summaries name (``acc`` when they name none)."""
     names = {s.get("metric") or "acc" for s in summaries}
@@ -161,7 +196,9 @@ def collect(out: Path, points: list[Point], outcomes: Optional[list[Outcome]] = 
     return runs
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
+def group_runs(runs: list[Run], baseline: Optional[tuple[str, str]] = None) -> list[Group]:
+    """Table rows: the runs of one configuration over their seeds, each with its E2E reference
+    and, given ``baseline = (grid key, value)``, the row that differs from it in that key only."""
     groups: dict[str, Group] = {}
     for r in runs:
         p = r.point
@@ -171,7 +208,17 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for g in groups.values():
         shared = {k: v for k, v in g.extras.items() if k not in STRUCTURAL}
         g.ref = next((e for e in e2e if e.extras == shared), e2e[0] if len(e2e) == 1 else None)
+    if baseline is not None:
+        key, value = baseline
+        for g in groups.values():
+            want = {**_settings(g), key: value}
+            g.baseline = next((b for b in groups.values() if _settings(b) == want), None)
     return list(groups.values())
+
+
+def _settings(g: Group) -> dict[str, Any]:
+    """A row's grid values (method, K and head included) as strings."""
+    return {"model.method": g.method, "model.num_blocks": str(g.num_blocks), "model.head": str(g.head), **g.extras}
 
 
 def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:

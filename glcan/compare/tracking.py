@@ -25,15 +25,6 @@ def columns(runs: list[Run]) -> list[str]:
     return [key if c == "test_acc" else c for c in COLUMNS]
 
 
-def options_of(cfg_logger: Any) -> WandbOptions:
-    if isinstance(cfg_logger, WandbOptions):
-        return cfg_logger
-    if cfg_logger is None:
-        return WandbOptions(enabled=False)
-    fields = {k: v for k, v in vars(cfg_logger).items() if not k.startswith("__")}
-    return WandbOptions(**{k: v for k, v in fields.items() if k in WandbOptions.__dataclass_fields__})
-
-
 def wandb_on(options: WandbOptions) -> Optional[str]:
     """The W&B mode the comparison uses, or None when W&B is off."""
     mode = wandb_mode(options)

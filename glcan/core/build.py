@@ -26,10 +26,6 @@ def is_local(method: str) -> bool:
     """Whether ``method`` trains K blocks from their own heads (with or without recomputation)."""
     return method in LOCAL_METHODS
 
-#: ``memory_split(units, unit_output_shapes, num_blocks) -> boundaries``
-MemorySplit = Callable[[Sequence[nn.Module], Sequence[tuple[int, ...]], int], list[int]]
-
-
 @torch.no_grad()
 def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list[tuple[int, ...]]:
     """The output shape (without the batch dimension) of every unit, for one example input."""
@@ -71,19 +67,17 @@ def make_heads(
     ]
 
 
-def resolve_boundaries(
-    split: SplitSpec, num_units: int, num_blocks: int, memory_split: Optional[Callable[[int], list[int]]] = None
-) -> list[int]:
-    """Turn a split spec into boundaries. ``memory_split(K)`` places them by predicted memory
-    (the caller hands it in: the costs come from glcan.memory, which builds on this package)."""
+def resolve_boundaries(split: SplitSpec, num_units: int, num_blocks: int) -> list[int]:
+    """Turn a split into boundaries: ``uniform``, or an explicit list checked against K. The
+    ``memory`` policy is not resolved here: it is measured before the model is built
+    (glcan.lit.plan), which hands its result in as a list."""
     if isinstance(split, str):
         check_num_blocks(num_units, num_blocks)
-        if split == "uniform":
+        if split == "uniform" or num_blocks == 1:
             return uniform_boundaries(num_units, num_blocks)
         if split == "memory":
-            if memory_split is None or num_blocks == 1:
-                return uniform_boundaries(num_units, num_blocks)
-            return memory_split(num_blocks)
+            raise SplitError("model.split 'memory' is placed by the planner before the model is built: build with "
+                             "GLCanModule.planned(...) (train.py does), or give the boundaries")
         raise SplitError(f"model.split must be 'uniform', 'memory' or a list of unit indices, got {split!r}")
     boundaries = check_boundaries(split, num_units)
     if num_blocks != len(boundaries) + 1:
@@ -140,20 +134,17 @@ def build_network(
     num_classes: int,
     image_shape: Sequence[int],
     last_head: str = "classifier",
-    memory_split: Optional[MemorySplit] = None,
     classifier_head: Callable[[nn.Module], AuxHead] = ModuleHead,
 ) -> SplitNetwork:
     """The network a method trains.
 
     E2E keeps one block and the backbone's own classifier. Local learning cuts the units into
-    ``num_blocks`` blocks and puts a ``head`` on each; the last block ends in the backbone's own
-    classifier (``last_head="classifier"``: the deployed network is then exactly E2E's, with
-    the same parameters) or in a ``head`` like the others (``last_head="head"``). The
-    ``_checkpoint`` methods recompute every unit's activations in its backward (per-unit
-    gradient checkpointing), in the one block of E2E or inside each local block.
-
-    ``memory_split(units, shapes, K)`` places the boundaries for ``split="memory"`` (uniform
-    when it is not given). ``classifier_head(module)`` makes the head that trains through the
+    ``num_blocks`` blocks at ``split`` (``uniform`` or boundaries) and puts a ``head`` on each;
+    the last block ends in the backbone's own classifier (``last_head="classifier"``: the
+    deployed network is then exactly E2E's, with the same parameters) or in a ``head`` like the
+    others (``last_head="head"``). The ``_checkpoint`` methods recompute every unit's
+    activations in its backward (per-unit gradient checkpointing), in the one block of E2E or
+    inside each local block. ``classifier_head(module)`` makes the head that trains through the
     backbone's own classifier (the task's: ``glcan.core.task``; cross-entropy by default).
     """
     if method not in METHODS:
@@ -165,8 +156,7 @@ def build_network(
     if not is_local(method):
         return SplitNetwork([sequential(*units)], [classifier_head(backbone.classifier)])
     shapes = probe_shapes(units, image_shape)
-    by_memory = None if memory_split is None else (lambda k: memory_split(units, shapes, k))
-    boundaries = resolve_boundaries(split, len(shapes), num_blocks, by_memory)
+    boundaries = resolve_boundaries(split, len(shapes), num_blocks)
     heads = make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)
     if last_head == "classifier":
         heads[-1] = classifier_head(backbone.classifier)

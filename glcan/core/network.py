@@ -7,10 +7,12 @@ the step updates it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from glcan.heads.base import AuxHead
@@ -24,18 +26,43 @@ class CheckpointedSequential(nn.Sequential):
     ``torch.utils.checkpoint.checkpoint_sequential``): its backward comes first, right after the
     forward, so recomputing it would cost time and save nothing. This is the memory-saving
     alternative users weigh local learning against (``e2e_checkpoint``), and, inside each block,
-    local learning's lowest-memory variant (``local_checkpoint``). BatchNorm's running
-    statistics see the recomputed forward too (the usual behaviour of torch.utils.checkpoint).
+    local learning's lowest-memory variant (``local_checkpoint``).
+
+    Why not ``checkpoint_sequential`` itself: its replay is an ordinary training-mode forward,
+    so every BatchNorm would update its running statistics twice per step and the evaluated
+    network would differ from a plain run's. ``checkpoint``'s ``context_fn`` separates the two
+    forwards, and the replay runs under :func:`frozen_running_stats`; ``checkpoint_sequential``
+    does not pass ``context_fn`` on.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recompute = self.training and torch.is_grad_enabled()
         for i, unit in enumerate(self):
             if recompute and i < len(self) - 1:
-                x = checkpoint(unit, x, use_reentrant=False)
+                x = checkpoint(unit, x, use_reentrant=False,
+                               context_fn=lambda u=unit: (nullcontext(), frozen_running_stats(u)))
             else:
                 x = unit(x)
         return x
+
+
+@contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` run exactly as in training (batch statistics, the same ops
+    and saved tensors) but update copies of their running statistics and batch counter, which
+    are dropped afterwards: the replay of a checkpointed forward leaves the model's state alone."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    saved = [(m, {n: getattr(m, n) for n in names}) for m in module.modules()
+             if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for m, buffers in saved:
+        for n, t in buffers.items():
+            setattr(m, n, None if t is None else t.clone())
+    try:
+        yield
+    finally:
+        for m, buffers in saved:
+            for n, t in buffers.items():
+                setattr(m, n, t)
 
 
 class SplitNetwork(nn.Module):

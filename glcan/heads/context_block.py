@@ -7,8 +7,10 @@ answer back into a feature map. It has three steps:
    turns the scores into attention weights, and the weighted sum of the features is the
    context (N x C x 1 x 1). The attention map does not depend on a query position: that is
    GCNet's simplification of the non-local block, and why it costs only O(C*H*W).
-   ``pooling="avg"`` / ``"max"`` replace the attention by plain global average / max pooling
-   (the ablations of the paper).
+   ``pooling="avg"`` is the same attention pooling with the scores frozen at zero: the softmax
+   of zeros is uniform, so the context is the global mean, computed by the very ops (and the
+   same autograd path) as ``gc``. Comparing the two therefore changes one thing only: whether
+   the attention is learnt. ``"max"`` is plain global max pooling (GCNet's other ablation).
 2. **Transform.** An SE-style bottleneck: 1x1 conv C -> C*r, LayerNorm over [C*r, 1, 1],
    ReLU, 1x1 conv C*r -> out_channels. LayerNorm (not BatchNorm) because the bottleneck sees
    one value per sample and channel, and the paper found it eases optimisation.
@@ -102,8 +104,13 @@ class ContextBlock(nn.Module):
         self.channels, self.out_channels = channels, out
         self.pooling, self.fusion, self.heads = pooling, fusion, heads
         mid = bottleneck_width(channels, ratio)
-        # The attention mask: one score per position and head. Only the "gc" pooling has it.
-        self.mask = nn.Conv2d(channels, heads, kernel_size=1) if pooling == "gc" else None
+        # The attention mask: one score per position and head. "avg" keeps it frozen at zero
+        # (uniform weights: the mean), so both poolings run the same code.
+        self.mask = nn.Conv2d(channels, heads, kernel_size=1) if pooling in ("gc", "avg") else None
+        if pooling == "avg":
+            nn.init.zeros_(self.mask.weight)
+            nn.init.zeros_(self.mask.bias)
+            self.mask.requires_grad_(False)
         self.transform = nn.Sequential(
             nn.Conv2d(channels, mid, kernel_size=1),
             nn.LayerNorm([mid, 1, 1]),
@@ -136,7 +143,7 @@ class ContextBlock(nn.Module):
             and head.
         """
         if self.mask is None:
-            raise ValueError(f"attention weights exist only for pooling='gc', this block pools with {self.pooling!r}")
+            raise ValueError(f"attention weights exist only for pooling 'gc' and 'avg', this block pools with {self.pooling!r}")
         self._check(x)
         return torch.softmax(attention_logits(x, self.mask.weight, self.mask.bias), dim=-1)
 
@@ -147,11 +154,10 @@ class ContextBlock(nn.Module):
             x: feature map, N x C x H x W.
 
         Returns:
-            N x C x 1 x 1: the attention-weighted sum (gc), the mean (avg) or the max (max).
+            N x C x 1 x 1: the attention-weighted sum (gc; avg: with uniform weights, the mean) or
+            the max (max).
         """
         self._check(x)
-        if self.pooling == "avg":
-            return x.mean(dim=(2, 3), keepdim=True)
         if self.pooling == "max":
             return x.amax(dim=(2, 3), keepdim=True)
         weights = self.attention(x)  # N x A x HW

@@ -168,7 +168,7 @@ class GLCanHead(AuxHead):
             (fused N x w x p x p, context N x C x 1 x 1).
         """
         cb = self.context_block
-        if cb.mask is not None and cb.heads == 1:  # gc: both poolings in one op with a one-buffer backward
+        if cb.mask is not None and cb.heads == 1:  # gc or avg (frozen scores): both poolings in one op, one-buffer backward
             ctx, pooled = _ReadOnce.apply(h, cb.mask.weight, cb.mask.bias, self.pool_hw)
         else:
             ctx, pooled = cb.context(h), self.pool(h)

@@ -1,5 +1,5 @@
-"""The callbacks every run carries: the memory meter, the step timer, a graceful stop on
-Ctrl+C / SIGTERM, and the exact continuation of an epoch that was stopped half-way."""
+"""The callbacks every run carries (listed in configs/defaults.yaml): the memory meter,
+the step timer, and the run's checkpoints with a graceful stop on Ctrl+C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import signal
 import statistics
 import sys
 import threading
-import time
-from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils._pytree import tree_leaves
 
+from glcan.core.timing import Stopwatch
 from glcan.memory.meter import PeakMeter
 
 
@@ -70,24 +70,15 @@ class MemoryMeter(L.Callback):
         return (self.meter or PeakMeter(torch.device("cpu"))).result()
 
 
-def system_busy_s() -> Optional[float]:
-    """CPU seconds every process on the machine has used (Linux /proc/stat), or None."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-
-
 class StepTimer(L.Callback):
     """Time per training batch (all K block updates): wall clock and process CPU time.
 
     Wall-clock times of runs made minutes apart on a shared machine are not comparable (the
     other processes vary); process CPU time with the thread count recorded is. Beside them the
     timer records how much CPU *other* processes used during the timed steps (``others_cpu``,
-    in cores: the machine's busy time minus this process's, over the wall time), so a report
-    can say when a time was measured under load. Batches measured by the memory meter are left
-    out (its tracker slows them down); medians are reported.
+    in cores), so a report can say when a time was measured under load (glcan.core.timing).
+    Batches measured by the memory meter are left out (its tracker slows them down); medians
+    are reported.
 
     Args:
         warmup: batches to skip at the start of training.
@@ -98,8 +89,8 @@ class StepTimer(L.Callback):
         self.wall_ms: list[float] = []
         self.cpu_ms: list[float] = []
         self._seen = 0
-        self._start: Optional[tuple[float, float, Optional[float]]] = None
-        self._busy = [0.0, 0.0, 0.0]  # machine busy s, own CPU s, wall s (over the timed steps)
+        self._watch: Optional[Stopwatch] = None
+        self._others = [0.0, 0.0]  # other processes' CPU s, wall s (over the timed steps)
         self.load: list[float] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -109,32 +100,29 @@ class StepTimer(L.Callback):
         self.load.append(os.getloadavg()[0])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._start = None
+        self._watch = None
         if self._seen >= self.warmup and not any(getattr(cb, "active", False) for cb in trainer.callbacks):
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize()
-            self._start = (time.perf_counter(), time.process_time(), system_busy_s())
+            self._watch = Stopwatch(pl_module.device).__enter__()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._start is not None:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize()
-            wall, cpu, busy = time.perf_counter() - self._start[0], time.process_time() - self._start[1], system_busy_s()
-            self.wall_ms.append(wall * 1000.0)
-            self.cpu_ms.append(cpu * 1000.0)
-            if busy is not None and self._start[2] is not None:
-                self._busy = [self._busy[0] + busy - self._start[2], self._busy[1] + cpu, self._busy[2] + wall]
+        if self._watch is not None:
+            w = self._watch
+            w.__exit__()
+            self.wall_ms.append(w.wall_s * 1000.0)
+            self.cpu_ms.append(w.cpu_s * 1000.0)
+            if w.others_s is not None:
+                self._others = [self._others[0] + w.others_s, self._others[1] + w.wall_s]
         self._seen += 1
 
     def result(self) -> dict[str, Any]:
         """The fields this callback contributes to summary.json."""
-        busy, own, wall = self._busy
+        others, wall = self._others
         return {
             "step_time_ms": statistics.median(self.wall_ms) if self.wall_ms else None,
             "step_cpu_ms": statistics.median(self.cpu_ms) if self.cpu_ms else None,
             "timed_steps": len(self.wall_ms),
             "threads": torch.get_num_threads(),
-            "others_cpu": round(max(0.0, (busy - own) / wall), 3) if wall > 0 else None,
+            "others_cpu": round(others / wall, 3) if wall > 0 else None,
             "load_before": self.load[0] if self.load else None,
             "load_after": self.load[-1] if len(self.load) > 1 else None,
             "cpu_count": os.cpu_count(),
@@ -149,17 +137,29 @@ class RunInterrupted(Exception):
         self.signame, self.checkpoint = signame, checkpoint
 
 
-class GracefulStop(L.Callback):
-    """Ctrl+C or SIGTERM stops training after the current batch and saves ``last.ckpt`` first.
+class RunCheckpoint(ModelCheckpoint):
+    """A run's checkpoints, and a graceful stop that leaves one behind.
 
-    The batch is finished so the checkpoint is consistent (every block stepped, the counters
-    agree); the run then resumes with ``--ckpt_path last`` exactly where it stopped (see
-    :class:`ResumeMidEpoch`). A second Ctrl+C stops at once, without a checkpoint.
+    At every epoch end ``epochNNN.ckpt`` (named by epoch: ``global_step`` counts batches) and
+    ``last.ckpt``; the two newest epoch files are kept, so a damaged file always has a
+    predecessor to fall back to. Ctrl+C or SIGTERM finishes the current batch (every block
+    stepped, the counters consistent), saves ``last.ckpt`` through the same checkpoint logic, and
+    stops with :class:`RunInterrupted`; the run resumes exactly there with ``--ckpt_path last``
+    (the training loader's position is part of the checkpoint). A second Ctrl+C stops at once,
+    without a checkpoint. The run directory is the run's alone (locked), so files are overwritten
+    in place, never versioned.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 2, dirpath: Optional[str] = None) -> None:
+        """
+        Args:
+            keep: how many of the newest epoch checkpoints to keep (beside last.ckpt).
+            dirpath: where to write them (default: the run directory's checkpoints/).
+        """
+        super().__init__(dirpath=dirpath, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_last=True,
+                         monitor="step", mode="max", save_top_k=keep, enable_version_counter=False)
         self.requested: Optional[str] = None
         self._previous: dict[int, Any] = {}
 
@@ -173,6 +173,7 @@ class GracefulStop(L.Callback):
               file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         if threading.current_thread() is threading.main_thread() and trainer.world_size == 1:
             self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
@@ -181,41 +182,19 @@ class GracefulStop(L.Callback):
             signal.signal(s, handler)
         self._previous = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.requested is None:
             return
-        path = None
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and getattr(ckpt, "dirpath", None):
-            path = str(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
-            trainer.save_checkpoint(path)
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._restore()
-        raise RunInterrupted(self.requested, path)
+        raise RunInterrupted(self.requested, self.last_model_path or None)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
         self._restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
         self._restore()
-
-
-class ResumeMidEpoch(L.Callback):
-    """Continue a half-finished epoch with the batches it had not seen yet.
-
-    The training sampler draws each epoch's order from ``(seed, epoch)`` alone
-    (:class:`~glcan.data.sampler.EpochSeededSampler`), so a run resumed from a checkpoint saved
-    after batch n of an epoch skips that order's first n batches: the same batches, in the same
-    order, as an uninterrupted run.
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A checkpoint saved at a batch's end counts that batch as processed; Lightning completes
-        # it on restart (RESTARTED_ON_TRAIN_BATCH_END) and continues with the next batch index.
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        total = trainer.num_training_batches
-        if not 0 < done < total:
-            return
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if callable(getattr(sampler, "skip", None)):
-            sampler.skip(trainer.current_epoch, done * loader.batch_size)

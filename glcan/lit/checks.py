@@ -54,13 +54,18 @@ def check_schedule_length(saved: list[dict], planned: Any, unit: str) -> None:
 
 
 def refuse_unsupported_precision(module: L.LightningModule) -> None:
-    """16-mixed uses one GradScaler for all optimizers; with K block optimizers it would clip and
-    step still-scaled gradients. bf16-mixed needs no scaler."""
+    """``16-mixed`` scales the loss with one GradScaler, which serves one optimizer: with K block
+    optimizers it would unscale and step K times per update. E2E (one block) may use it, but not
+    with clipping: under manual optimization the gradients are clipped before the scaler unscales
+    them. ``bf16-mixed`` and ``16-true`` need no scaler and work everywhere."""
     trainer = getattr(module, "_trainer", None)
-    if trainer is None or not module.is_local:
+    if trainer is None or str(trainer.precision) not in ("16-mixed", "16"):
         return
-    if str(trainer.precision).startswith("16"):
+    if module.net.num_blocks > 1:
         raise ConfigError(
-            f"trainer.precision={trainer.precision} is not supported with model.method={module.hparams.method} "
-            "(one gradient scaler cannot serve K block optimizers); use bf16-mixed or 32-true"
-        )
+            f"trainer.precision={trainer.precision} is not supported with {module.net.num_blocks} blocks (one gradient "
+            "scaler cannot serve K block optimizers); use bf16-mixed, 16-true or 32-true")
+    if module.hparams.gradient_clip_val:
+        raise ConfigError(f"trainer.precision={trainer.precision} cannot clip gradients (model.gradient_clip_val): they "
+                          "are still scaled when clipped; use bf16-mixed or 32-true, or no clipping")
+

@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_warn
-
-from glcan.io import write_csv
 
 
 @dataclass
@@ -42,6 +39,18 @@ class WandbOptions:
     job_type: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     mode: str = "auto"
+
+
+def wandb_options(value: Any) -> WandbOptions:
+    """``--logger`` as WandbOptions: the parsed options, ``false`` (off), or a plain mapping."""
+    if isinstance(value, WandbOptions):
+        return value
+    if value is None or value is False:
+        return WandbOptions(enabled=False)
+    if value is True:
+        return WandbOptions()
+    fields = vars(value) if hasattr(value, "__dict__") else dict(value)
+    return WandbOptions(**{k: v for k, v in fields.items() if k in WandbOptions.__dataclass_fields__})
 
 
 def has_api_key() -> bool:
@@ -108,74 +117,61 @@ class SafeWandbLogger(WandbLogger):
         return not self._failed and self._guard(lambda: self.experiment) is not None
 
 
-class ContinuingCSVWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that it continues the run's metrics.csv.
-
-    Lightning's own writer deletes an existing metrics.csv (with a warning) when its directory
-    is not empty; a resumed run must keep its history instead. Rows logged after the
-    checkpoint a run resumes from are dropped first (:meth:`drop_after`), so no step appears twice.
-    """
-
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = next(csv.reader(f), [])
-
-    def drop_after(self, step: int) -> None:
-        """Keep only the rows logged at or before ``step`` (the resumed checkpoint's)."""
-        if not os.path.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if not r.get("step") or float(r["step"]) <= step]
-        write_csv(self.metrics_file_path, rows, self.metrics_keys)
+def continue_csv(logger: CSVLogger, resumed_step: int) -> None:
+    """A resumed run keeps its metrics.csv: Lightning's CSV writer starts the file afresh, so the
+    rows logged up to the checkpoint's step are read first and logged again (later rows belong to
+    the part of the run that is redone)."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step") and float(r["step"]) <= resumed_step]
+    path.unlink()
+    for row in rows:
+        step = int(float(row.pop("step")))
+        logger.log_metrics({k: v for k, v in row.items() if v not in ("", None)}, step=step)  # as written
+    logger.save()
 
 
-class RunCSVLogger(CSVLogger):
-    """The CSV log of one run directory, continued on resume (see :class:`ContinuingCSVWriter`)."""
-
-    @property
-    def experiment(self) -> ContinuingCSVWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = ContinuingCSVWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-def build_loggers(
-    run_dir: str, name: str, options: Any, run_config: dict[str, Any], tags: list[str], job_type: str,
-    wandb_id: Optional[str] = None, resumed_step: Optional[int] = None,
-) -> list[Logger]:
-    """The CSV logger (first: its directory is the run directory), and W&B unless turned off.
+def build_loggers(run_dir: Path, name: str, config: dict[str, Any], options: WandbOptions, job_type: str,
+                  record: Optional[dict[str, Any]] = None, resumed_from: Optional[Path] = None,
+                  csv: bool = True) -> list[Logger]:
+    """The CSV logger of the run directory (first: its directory is the run directory), and
+    W&B unless turned off.
 
     Args:
-        run_dir: the run directory.
-        name: the run's name in W&B.
+        run_dir: the run directory (its checkpoints go to ``run_dir/checkpoints``).
+        name: the W&B run's name (it says what the run is; unique within a project).
+        config: the W&B run config (plain values; see :func:`run_config`).
         options: the ``--logger`` options.
-        run_config: the W&B run config (plain values).
-        tags, job_type: W&B grouping.
-        wandb_id: the W&B run id; a resumed run passes the id it had, so W&B continues that run.
-        resumed_step: the global step of the checkpoint a run resumes from (CSV rows after it are dropped).
+        job_type: the method, or the evaluation (test, validate).
+        record: the run's run.json: a resumed run continues its W&B run id.
+        resumed_from: the checkpoint a resumed run starts from (its CSV history is kept up to it).
+        csv: False for evaluations, which write a JSON record instead.
     """
-    path = Path(run_dir)
-    csv_logger = RunCSVLogger(save_dir=str(path.parent), name=path.name, version="")
-    if resumed_step is not None:
-        csv_logger.experiment.drop_after(resumed_step)
-    loggers: list[Logger] = [csv_logger]
-    if not isinstance(options, WandbOptions):
-        fields = {k: v for k, v in vars(options).items() if not k.startswith("__")} if options is not None else {"enabled": False}
-        options = WandbOptions(**fields)
+    loggers: list[Logger] = []
+    if csv:
+        csv_logger = CSVLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="")
+        if resumed_from is not None:
+            continue_csv(csv_logger, int(torch_load_step(resumed_from)))
+        loggers.append(csv_logger)
     mode = wandb_mode(options)
     if not options.enabled or mode == "disabled":
         return loggers
     # W&B looks for the git repository from its directory: it must exist (else "git root ...
     # does not exist" and no commit in the run's metadata).
     os.makedirs(run_dir, exist_ok=True)
+    wandb_id = (record or {}).get("wandb_id")
+    h = config
+    tags = [str(t) for t in (h.get("backbone_name"), h.get("data.name"), h.get("model.method"),
+                             f"K={h['model.num_blocks']}" if h.get("local") else None,
+                             h.get("model.head") if h.get("local") else None) if t]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wandb = SafeWandbLogger(
-            name=name, save_dir=run_dir, project=options.project, offline=mode == "offline", group=options.group,
-            job_type=options.job_type or job_type, tags=[*tags, *options.tags], config=run_config,
-            id=wandb_id, resume="allow" if wandb_id else None,
+            name=name, save_dir=str(run_dir), project=options.project, offline=mode == "offline", group=options.group,
+            job_type=options.job_type or job_type, tags=[*tags, *options.tags], config=config,
+            id=wandb_id if csv else None, resume="allow" if wandb_id and csv else None,
         )
     # Lightning passes `anonymous=None` to wandb.init, which wandb now answers with a deprecation
     # warning on every run; the setting does nothing, so it is not passed at all.
@@ -183,6 +179,78 @@ def build_loggers(
     if wandb.usable:
         loggers.append(wandb)
     return loggers
+
+
+def torch_load_step(ckpt: Path) -> int:
+    """The global step a checkpoint was saved at (read lazily: the file is memory-mapped)."""
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+
+
+def run_config(cfg: Any, model: Any, datamodule: Any) -> dict[str, Any]:
+    """The resolved config as flat dotted keys of plain values, as W&B shows it; an E2E run
+    without the local-only keys it ignores; plus what was built (K, boundaries, network)."""
+    flat = _flat(cfg)
+    flat["config"] = ", ".join(str(c) for c in (cfg.get("config") or []))
+    if not model.is_local:
+        flat = {k: v for k, v in flat.items() if not (k.startswith("model.") and k.split(".")[1] in LOCAL_ONLY)}
+    flat.update({"model.method": model.hparams.method, "model.num_blocks": model.net.num_blocks,
+                 "model.boundaries": str(list(model.net.boundaries)), "backbone_name": model.backbone_name,
+                 "local": model.is_local})
+    return flat
+
+
+LOCAL_ONLY = ("num_blocks", "head", "head_kwargs", "split", "block_lr_scale", "memory_budget", "boundaries", "last_head")
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    items = vars(cfg).items() if hasattr(cfg, "__dict__") else cfg.items()
+    for key, value in items:
+        if key.startswith("__"):
+            continue
+        dotted = f"{prefix}{key}"
+        if hasattr(value, "__dict__") and not callable(value):
+            out.update(_flat(value, dotted + "."))
+        elif isinstance(value, (str, int, float, bool, type(None))):
+            out[dotted] = value
+        else:
+            out[dotted] = str(value)
+    return out
+
+
+def finish_wandb(loggers: list, code: int) -> None:
+    """End this command's W&B run (marked failed unless it finished)."""
+    for lg in loggers or []:
+        if isinstance(lg, SafeWandbLogger):
+            lg.finish(code)
+
+
+SUMMARY_KEYS = {"test/acc": "test_acc", "memory/peak_bytes": "peak_memory_bytes", "memory/method": "memory_method",
+                "memory/peak_block": "memory_peak_block", "time/step_ms": "step_time_ms",
+                "time/step_cpu_ms": "step_cpu_ms", "time/threads": "threads", "model/split": "split",
+                "model/params": "params", "model/head_params": "head_params", "test/psnr": "test_psnr",
+                "test/ssim": "test_ssim", "test/bicubic_psnr": "bicubic_psnr", "test/bicubic_ssim": "bicubic_ssim"}
+
+
+def log_summary(loggers: list, summary: dict[str, Any]) -> None:
+    """The run's final figures as W&B summary metrics."""
+    values = {k: summary[v] for k, v in SUMMARY_KEYS.items() if summary.get(v) is not None}
+    if "model/split" in values:
+        values["model/split"] = str(values["model/split"])
+    for lg in loggers:
+        if isinstance(lg, SafeWandbLogger):
+            lg.log_summary(values)
+
+
+def wandb_sync_hint(run_dir: Path) -> Optional[str]:
+    """The command that uploads every offline W&B directory of a run (one per resumed segment,
+    all the same run id), or None."""
+    found = sorted(Path(run_dir).glob("wandb/offline-run-*"))
+    if not found:
+        return None
+    return "W&B run saved offline; upload it later with: wandb sync " + " ".join(str(p) for p in found)
 
 
 def log_image_panels(loggers: list[Logger], key: str, images: list, captions: list[str], step: int) -> None:

@@ -9,7 +9,6 @@ optimizers and so manual optimization, with the step itself in ``glcan.core.step
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -17,71 +16,71 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from glcan.core.build import build_network, is_local
+from glcan.core.build import is_local
 from glcan.core.network import DeployedNetwork
-from glcan.core.step import BlockUpdate, check_finite, e2e_loss, local_step
-from glcan.core.task import get_task
-from glcan.lit.auto import choose_for_budget
-from glcan.lit.checks import (check_checkpoint_matches, check_schedule_length, checkpoint_identity,
+from glcan.core.step import BlockUpdate, check_finite, local_step
+from glcan.lit.checks import (ConfigError, check_checkpoint_matches, check_schedule_length, checkpoint_identity,
                               refuse_unsupported_precision)
 from glcan.lit.metrics import block_metrics
 from glcan.lit.optim import (block_optimizers, factory_from_spec, factory_spec, optimizer_configs, optimizer_name,
                              step_schedulers)
-from glcan.memory.costs import memory_split
-from glcan.memory.predictor import as_fake
-
-#: What ``optimizer: null`` means: SGD with Nesterov momentum, the local-learning papers' choice.
-DEFAULT_OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+from glcan.lit.plan import assemble, needs_plan, plan
 
 
 class GLCanModule(L.LightningModule):
     """Train a backbone end to end or block by block.
 
+    Every method trains through the one local step (``glcan.core.step.local_step``) under
+    Lightning's manual optimization: E2E is the network as one block whose head is the
+    backbone's classifier. ``split: memory`` and ``num_blocks: auto`` are planned before the
+    model is built (``GLCanModule.planned(...)``; ``train.py`` always plans): ``__init__``
+    builds and measures nothing.
+
     Args:
-        backbone: a registry name (``resnet20``, ``resnet110``, ``resnet50``, ``vgg16_bn``, ...) or
-            your own network: a ``glcan.backbones.Backbone``, an ``nn.Sequential`` or list of
-            units, or (from a config) ``class_path`` to a function that returns one.
-        method: ``e2e``, ``e2e_checkpoint``, ``local`` or ``local_checkpoint`` (local blocks that
-            recompute their units' activations in the backward: less memory, more time).
-        num_blocks: K, the number of blocks in local mode (ignored by E2E); ``auto`` picks the
-            smallest K whose predicted peak fits ``memory_budget``.
-        split: ``uniform`` (equal unit counts), ``memory`` (balance predicted training memory)
-            or an explicit list: the unit index at which each block after the first starts.
-        head: the auxiliary head of every block in local mode: ``glcan``, ``linear``, ``dgl``,
-            ``infopro``. The last block's head is the network's classifier.
-        head_kwargs: options passed to the head (e.g. ``{"pooling": "avg"}`` or ``{"lam": 0.5}``).
-        last_head: what trains the last block: ``classifier``, the backbone's own (the deployed
-            network is exactly E2E's), or ``head``, one like the other blocks'.
-        optimizer: built once per block in local mode, once for the network in E2E
-            (default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4).
-        scheduler: built once per optimizer; named ``lr/block{k}`` in local mode.
-        scheduler_interval: step the schedulers every ``epoch`` or every ``step`` (batch).
+        backbone: a registry name (resnet20, resnet110, resnet50, vgg16_bn, ...) or your own.
+            Your own network: a ``glcan.backbones.Backbone``, an ``nn.Sequential`` or list of
+            units, or (from a config) ``class_path`` to a function that returns one (docs/guide.md).
+        method: e2e, e2e_checkpoint, local or local_checkpoint. The ``_checkpoint`` methods
+            recompute their units' activations in the backward: less memory, more time.
+        num_blocks: K, the number of blocks in local mode; auto: the fewest that fit memory_budget.
+            E2E is one block and ignores it.
+        split: where the blocks are cut: uniform, memory (balanced predicted memory) or a list.
+            ``uniform`` (the Python default): equal unit counts; ``memory`` (the command line's
+            default, configs/defaults.yaml): planned before the model is built; a list: the unit
+            index at which each block after the first starts.
+        head: the auxiliary head of every block but the last: glcan, linear, dgl or infopro.
+            The last block trains through the backbone's own classifier (see ``last_head``).
+        head_kwargs: options passed to the head, e.g. {"pooling": "avg"} (docs/heads.md).
+        last_head: what trains the last block: classifier (the backbone's own) or head.
+            ``classifier`` deploys exactly E2E's network; ``head`` a head like the other blocks'.
+        optimizer: the optimizer, built once per block (E2E: once); default SGD with Nesterov.
+            Default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4.
+        scheduler: the learning-rate schedule, built once per optimizer (lr/block{k} in the logs).
+        scheduler_interval: step the schedulers every epoch or every step (batch).
         block_lr_scale: optional per-block learning-rate multipliers (length K).
-        gradient_clip_val: clip each optimizer's gradient norm to this value (per block in
-            local mode); use it instead of ``trainer.gradient_clip_val``.
+        gradient_clip_val: clip each block's gradient norm to this value (not trainer.gradient_clip_val).
         num_classes: set from the data module (for super-resolution: the output channels, 3).
         image_shape: (C, H, W) of the input, set from the data module.
         task: set from the data module: ``classification``, or ``sr_x2``/``sr_x3``/``sr_x4``
             (super-resolution: EDSR-style backbones, ``sr_glcan``/``sr_conv`` heads, PSNR/SSIM).
         batch_size: set from the data module; the memory split is computed at this batch size.
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
-        memory_budget: with ``num_blocks: auto``, the GPU memory to fit (``4GiB``, ``12GB`` or
-            bytes).
-        memory_policy: with ``num_blocks: auto``: ``accuracy`` takes the fewest blocks that fit,
-            recomputing inside them if that is what it takes (``local_checkpoint``); ``speed``
-            the cheapest step (no recomputation, more blocks).
+        memory_budget: with num_blocks auto: the GPU memory to fit (4GiB, 12GB or bytes).
+        memory_policy: with num_blocks auto: accuracy (fewest blocks) or speed (cheapest step).
+            ``accuracy`` takes the fewest blocks that fit, recomputing inside them if that is what
+            it takes (``local_checkpoint``); ``speed`` the cheapest step by counted FLOPs.
         precision: the precision memory predictions assume; linked from ``trainer.precision``.
+        boundaries: where the planner cut the blocks for ``split: memory`` (recorded, so a
+            checkpoint rebuilds the same blocks); set by :meth:`planned`, not by hand.
     """
 
     def __init__(
         self,
-        backbone: Union[str, nn.Module] = "resnet20",
+        backbone: Union[str, dict, nn.Module] = "resnet20",
         method: Literal["e2e", "e2e_checkpoint", "local", "local_checkpoint"] = "local",
         num_blocks: Union[int, Literal["auto"]] = 4,
-        split: Union[Literal["uniform", "memory"], list[int]] = "memory",
+        split: Union[Literal["uniform", "memory"], list[int]] = "uniform",
         head: str = "glcan",
         head_kwargs: Optional[dict[str, Any]] = None,
         last_head: Literal["classifier", "head"] = "classifier",
@@ -98,46 +97,34 @@ class GLCanModule(L.LightningModule):
         memory_budget: Optional[Union[int, str]] = None,
         memory_policy: Literal["accuracy", "speed"] = "accuracy",
         precision: str = "32-true",
+        boundaries: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters and k != "self"}
-        self.init_arguments = dict(args)  # what rebuild() starts from (real objects, not their records)
-        if is_local(method) and num_blocks == "auto":
-            choice = choose_for_budget(type(self), args)
-            method, num_blocks = choice.method, choice.num_blocks
-            # Chosen once: a rebuild does not search again.
-            self.init_arguments.update(method=method, num_blocks=num_blocks)
-            args.update(method=method)
-        self.save_hyperparameters(self._record(args, num_blocks))
-        self.optimizer_factory = factory_from_spec(optimizer, "model.optimizer") or DEFAULT_OPTIMIZER
+        if needs_plan(args):
+            what = "num_blocks 'auto'" if num_blocks == "auto" else "split 'memory'"
+            raise ConfigError(f"model.{what} is chosen by the planner before the model is built: use "
+                              "GLCanModule.planned(...) (train.py does), or give num_blocks and split explicitly")
+        self.init_arguments = dict(args)  # what variants are planned from (real objects, not their records)
+        self.save_hyperparameters(self._record(args))
+        parts = assemble(args)
+        self.net, self.task, self.backbone_name = parts.net, parts.task, parts.backbone_name
+        self.optimizer_factory = parts.optimizer_factory
         self.scheduler_factory = factory_from_spec(scheduler, "model.scheduler")
-        self.task = get_task(task)  # what is learnt: example batches, last head, metric (glcan.core.task)
-        if is_local(method):
-            self.task.check_head(head)
-        built = self.task.backbone(backbone, num_classes, image_shape, small_input)
-        self.backbone_name = built.name
-        head_kw = self.task.head_kwargs(head_kwargs)  # + the task's own (the SR scale)
-        # The memory split counts the last block's classifier head where it is costly (SR's tail at HR).
-        classifier_cost = self.task.classifier_head(built.classifier) if self.task.costly_classifier else None
-        self.net = build_network(built, method, num_blocks=num_blocks if is_local(method) else 1, split=split,
-                                 head=head, head_kwargs=head_kw, num_classes=num_classes, image_shape=image_shape,
-                                 last_head=last_head, classifier_head=self.task.classifier_head,
-                                 memory_split=functools.partial(memory_split, head=head, head_kwargs=head_kw,
-                                                                num_classes=num_classes, image_shape=image_shape,
-                                                                batch_size=batch_size, last_head=last_head,
-                                                                recompute=method == "local_checkpoint", task=self.task,
-                                                                classifier=classifier_cost))
-        if block_lr_scale is not None and len(block_lr_scale) != self.net.num_blocks:
-            raise ValueError(f"model.block_lr_scale has {len(block_lr_scale)} entries, need one per block ({self.net.num_blocks})")
-        # torchmetrics deep-copies its state tensors, which FakeTensors do not survive (the memory
-        # predictor builds this module under FakeTensorMode), so metrics are always real.
-        with unset_fake_temporarily():
-            self.metrics = block_metrics(self.task, self.net.num_blocks, num_classes)
-        self.automatic_optimization = not self.is_local
+        self.metrics = block_metrics(self.task, self.net.num_blocks, num_classes)
+        # One optimizer per block, one backward per block: manual optimization for every method.
+        self.automatic_optimization = False
         self._update: Optional[BlockUpdate] = None
 
+    @classmethod
+    def planned(cls, **arguments: Any) -> "GLCanModule":
+        """Plan (``split: memory``, ``num_blocks: auto``: glcan.lit.plan), then build."""
+        bound = inspect.signature(cls.__init__).bind(None, **arguments)
+        bound.apply_defaults()
+        return cls(**plan({k: v for k, v in bound.arguments.items() if k != "self"}))
+
     @staticmethod
-    def _record(args: dict[str, Any], num_blocks: Any) -> dict[str, Any]:
+    def _record(args: dict[str, Any]) -> dict[str, Any]:
         """The hyperparameters as a plain, safe record that rebuilds this model.
 
         A checkpoint then describes itself: ``load_from_checkpoint(path)`` needs no arguments for
@@ -150,33 +137,16 @@ class GLCanModule(L.LightningModule):
         backbone = args["backbone"]
         record.update(backbone=backbone if isinstance(backbone, (str, dict)) else None,
                       optimizer=factory_spec(args["optimizer"]), scheduler=factory_spec(args["scheduler"]),
-                      num_blocks=num_blocks, image_shape=[int(s) for s in args["image_shape"]])
+                      image_shape=[int(s) for s in args["image_shape"]])
         return record
-
-    # ---------------------------------------------------------------- rebuilding
-    @classmethod
-    def from_arguments(cls, arguments: dict[str, Any], **overrides: Any) -> "GLCanModule":
-        """The one way to rebuild a model from its init arguments, some changed.
-
-        Under FakeTensorMode (the memory predictor) a user's own network is copied as fake
-        tensors, so nothing is allocated and the original is not touched.
-        """
-        kwargs = {**arguments, **overrides}
-        spec = kwargs["backbone"]
-        if detect_fake_mode() is not None:
-            if isinstance(spec, nn.Module):
-                kwargs["backbone"] = as_fake(spec)
-            elif isinstance(spec, (list, tuple)):
-                kwargs["backbone"] = [as_fake(m) for m in spec]
-        return cls(**kwargs)
-
-    def rebuild(self, **overrides: Any) -> "GLCanModule":
-        """This model's config with some arguments changed (e.g. ``method="e2e"``), freshly built."""
-        return type(self).from_arguments(self.init_arguments, **overrides)
 
     @property
     def is_local(self) -> bool:
         return is_local(self.hparams.method)
+
+    @property
+    def method(self) -> str:
+        return self.hparams.method
 
     @property
     def optimizer_name(self) -> Optional[str]:
@@ -185,7 +155,7 @@ class GLCanModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def deployable(self) -> nn.Sequential:
+    def deployable(self) -> nn.Module:
         """The trained network as a plain ``nn.Module`` in eval mode: the blocks, then the last
         head (the network's classifier); the other heads only served training. It needs no
         glcan to run, and exports: ``torch.export.export(model.deployable(), (x,))``. A head that
@@ -196,19 +166,13 @@ class GLCanModule(L.LightningModule):
         return nn.Sequential(*units, self.net.heads[-1]).eval()
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: Any, batch_idx: int) -> Optional[torch.Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         step = self.global_step  # this batch's step (the update below advances the counter)
-        if not self.is_local:
-            loss, logits = e2e_loss(self.net, x, y)
-            check_finite([loss.detach()], step)  # before Lightning steps on it
-            self.metrics.log_train(self, [(loss.detach(), logits.detach())], y)
-            return loss
         results = local_step(self.net, x, y, step=self._block_update(), backward=self.manual_backward)
         check_finite([loss for loss, _ in results], step)
         self.metrics.log_train(self, results, y)
         step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "batch")
-        return None
 
     def _block_update(self) -> BlockUpdate:
         if self._update is None:
@@ -239,17 +203,10 @@ class GLCanModule(L.LightningModule):
         return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
     def on_train_epoch_end(self) -> None:
-        if self.is_local:
-            step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "epoch")
-
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
-        # E2E path: the model's own setting, so both methods clip the same way.
-        val = self.hparams.gradient_clip_val or gradient_clip_val
-        if val:
-            self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "epoch")
 
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One optimizer per block (over the block and its head), or one for E2E."""
+        """One optimizer per block (over the block and its head); E2E has one block."""
         return block_optimizers(self.net, self.optimizer_factory, self.hparams.block_lr_scale)
 
     def schedule_length(self) -> Optional[int]:
@@ -268,7 +225,7 @@ class GLCanModule(L.LightningModule):
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch
-        self.metrics.log_eval(self, stage, self.net.all_logits(x) if self.is_local else [self.net(x)], y, x)
+        self.metrics.log_eval(self, stage, self.net.all_logits(x), y, x)
 
     def on_validation_epoch_end(self) -> None:
         self.metrics.log_panels(self, "val")

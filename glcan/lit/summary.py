@@ -33,7 +33,7 @@ def parameter_counts(module: Any) -> dict[str, int]:
 
 def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int, seed: Optional[int], precision: str,
                   test_metrics: dict[str, Any], measured: dict[str, Any], run_dir: Optional[str],
-                  wandb_dir: Optional[str] = None) -> dict[str, Any]:
+                  wandb_dir: Optional[str] = None, val_metrics: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The run's record.
 
     Args:
@@ -42,6 +42,8 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
         epochs: completed training epochs; global_step: batches trained.
         seed: the run's seed; precision: the trainer's precision.
         test_metrics: ``test/...`` metrics.
+        val_metrics: ``val/...`` metrics of the last validation (what variants are chosen on:
+            ``val_<metric>`` and ``val_block_<metric>``; null where the run did not validate).
         measured: what the meters measured (memory, time, parallel details).
         run_dir, wandb_dir: where the run's files are.
     """
@@ -59,6 +61,10 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
                    "bicubic_psnr": _metric(test_metrics, "test/bicubic_psnr"),
                    "bicubic_ssim": _metric(test_metrics, "test/bicubic_ssim"),
                    "test_loss": _metric(test_metrics, "test/loss"), "block_psnr": blocks}
+    val = val_metrics or {}
+    results[f"val_{metric}"] = _metric(val, f"val/{metric}")
+    results[f"val_block_{metric}"] = ([_metric(val, f"val/block{i}/{metric}") for i in range(k)] if local
+                                      else [_metric(val, f"val/{metric}")]) if val else None
     summary: dict[str, Any] = {
         "task": module.task.name,
         "metric": metric,
@@ -73,6 +79,7 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
         "seed": seed,
         "batch_size": getattr(datamodule, "batch_size", None),
         "image_shape": list(h.image_shape),
+        "num_classes": h.num_classes if metric == "acc" else None,
         "precision": precision,
         "optimizer": module.optimizer_name,
         **results,
@@ -97,5 +104,17 @@ def measured_by_callbacks(trainer: L.Trainer) -> dict[str, Any]:
     return out
 
 
-def test_metrics(trainer: L.Trainer) -> dict[str, Any]:
-    return {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+def stage_metrics(trainer: L.Trainer, stage: str) -> dict[str, Any]:
+    """The trainer's latest ``{stage}/...`` metrics (``val`` or ``test``), as plain floats."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+
+
+def summary_line(summary: dict[str, Any], path: Any) -> str:
+    """The one line a finished run prints: its primary metric, peak memory, where the summary is."""
+    metric = summary.get("metric", "acc")
+    value, mem = summary.get(f"test_{metric}"), summary.get("peak_memory_bytes")
+    bicubic = summary.get(f"bicubic_{metric}")
+    score = (f"test/{metric} {value:.4f}" + (f" (bicubic {bicubic:.4f})" if bicubic is not None else "")
+             if value is not None else f"test/{metric} n/a")
+    memory = f"peak memory {mem / 2**20:.1f} MiB" if mem else "peak memory not measured"
+    return f"{score} | {memory} | summary: {path}"

@@ -67,8 +67,8 @@ class BudgetChoice:
 
 
 def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Union[int, str],
-                      max_k: Optional[int] = None) -> BudgetChoice:
-    """The smallest K in 1..``max_k`` (default: num_units) whose ``peak_for(K)`` fits ``budget``.
+                      max_k: Optional[int] = None, min_k: int = 1) -> BudgetChoice:
+    """The smallest K in ``min_k``..``max_k`` (default: num_units) whose ``peak_for(K)`` fits ``budget``.
 
     The peak falls as K grows (smaller blocks), so a binary search needs about log2(num_units)
     predictions; the answer is checked against K-1 so that it really is the smallest.
@@ -90,7 +90,7 @@ def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Un
             + f": it needs {need / 2**30:.2f} GiB; lower data.batch_size or data.image_size, "
             "or use trainer.precision bf16-mixed"
         )
-    lo, hi = 1, top  # hi fits
+    lo, hi = min(min_k, top), top  # hi fits
     while lo < hi:
         mid = (lo + hi) // 2
         if fits(peak(mid), budget_bytes):
@@ -98,7 +98,7 @@ def choose_num_blocks(peak_for: Callable[[int], int], num_units: int, budget: Un
         else:
             lo = mid + 1
     k = hi
-    while k > 1 and fits(peak(k - 1), budget_bytes):  # the peak is not strictly monotone in K
+    while k > min_k and fits(peak(k - 1), budget_bytes):  # the peak is not strictly monotone in K
         k -= 1
     return BudgetChoice(num_blocks=k, peak_bytes=peak(k), budget_bytes=budget_bytes, tried=dict(sorted(tried.items())))
 
@@ -157,7 +157,8 @@ def frontier(budget: Union[int, str], peak_of: Callable[[str, int], int], num_un
     missing = []
     for method in ("local", "local_checkpoint"):
         try:
-            choice = choose_num_blocks(lambda k, m=method: peak_of(m, k), num_units, b)
+            # K=1 of local learning is E2E (listed above): local candidates start at two blocks.
+            choice = choose_num_blocks(lambda k, m=method: peak_of(m, k), num_units, b, min_k=min(2, num_units))
             tried.append(Candidate(method, choice.num_blocks, choice.peak_bytes))
         except BudgetError:
             missing.append(method)

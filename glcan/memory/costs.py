@@ -39,8 +39,11 @@ from glcan.memory.tracker import MemoryTracker
 
 
 def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_size: int) -> list[dict[str, int]]:
-    """Per unit: ``saved`` bytes kept for backward, ``out`` bytes of its output, ``grads`` bytes
-    of its parameters' gradients, at ``batch_size``."""
+    """Per unit, at ``batch_size``: ``saved`` bytes kept for backward, ``out`` and ``in`` bytes of
+    its output and input, ``grads`` bytes of its parameters' gradients, and ``footprint``: the
+    peak of its own forward and backward alone (input, activations, gradients; no head), which
+    the memory report's floor is made of. One pass over the units, under FakeTensorMode; a unit
+    without parameters (pooling, dropout) is measured like any other."""
     costs = []
     with fake_mode():
         x = torch.randn(batch_size, *image_shape)
@@ -54,11 +57,22 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
                 saved[id(st)] = st.nbytes()
                 return t
             unit.train()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = unit(x.detach().requires_grad_())
-            grads = sum(p.numel() * p.element_size() for p in unit.parameters() if p.requires_grad)
+            params = [p for p in unit.parameters() if p.requires_grad]
+            tracker = MemoryTracker()
+            with tracker:
+                # The input requires a gradient so that what a unit saves inside a block is seen
+                # even for a unit without parameters; the footprint's backward asks for the
+                # parameters' gradients only, as a block's first unit (detached input) does.
+                inp = x.detach().requires_grad_()
+                tracker.register([inp], "input")
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    out = unit(inp)
+                if params:
+                    param_grads = torch.autograd.grad(out.float().sum(), params)
+                    del param_grads
+            grads = sum(p.numel() * p.element_size() for p in params)
             costs.append({"saved": sum(saved.values()), "out": out.numel() * out.element_size(), "grads": grads,
-                          "in": x.numel() * x.element_size()})
+                          "in": x.numel() * x.element_size(), "footprint": int(tracker.peak)})
             x = out.detach()
     return costs
 

@@ -1,11 +1,12 @@
 """Predict the training memory of any config without allocating it.
 
-The model, its optimizers and one batch are built under ``FakeTensorMode``: tensors carry
+The network, its optimizers and one batch are built under ``FakeTensorMode``: tensors carry
 shapes and dtypes but no data, so ResNet-110 at batch 1024 costs nothing to "allocate". Two
-training steps run under the :class:`~glcan.memory.tracker.MemoryTracker` (the first creates
-gradients and optimizer state, the second is the steady state that is reported), using the
-very step functions that training uses. On real tensors the same code is the CPU meter, which
-is how the two are tested against each other.
+training steps run (the first creates gradients and optimizer state, the second is the steady
+state that is reported), through the very step training uses (``local_step``, E2E being one
+block) and measured by the very meter a training run carries (``PeakMeter``, whose CPU path is
+the exact tensor tracker). On real tensors the same code is the CPU meter, which is how the
+two are tested against each other.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch import nn
 
-from glcan.core.step import BlockUpdate, e2e_loss, local_step
+from glcan.core.step import BlockUpdate, local_step
 from glcan.core.task import Classification
-from glcan.memory.tracker import CATEGORIES, MemoryTracker, watch_network
+from glcan.memory.meter import PeakMeter
 
 
 @dataclass
@@ -39,6 +40,16 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of(cls, meter: PeakMeter, model: Any) -> "MemoryEstimate":
+        """The estimate a meter recorded for ``model`` (its method, K and boundaries as built)."""
+        r = meter.result()
+        net = model.net
+        k = net.num_blocks
+        return cls(method=model.method, num_blocks=k, boundaries=list(net.boundaries), peak_bytes=int(r["peak_memory_bytes"]),
+                   parts=dict(r["memory_parts"] or {}), peak_block=r["memory_peak_block"],
+                   block_peaks=[int(b) for b in r["memory_block_peaks"] or [0] * k])
 
 
 @contextmanager
@@ -67,49 +78,22 @@ def as_fake(module: nn.Module) -> nn.Module:
     return copy._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype))
 
 
-def run_training_step(module: Any, x: torch.Tensor, y: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    """One step exactly as GLCanModule trains, without a Trainer: local blocks go through the
-    same :class:`~glcan.core.step.BlockUpdate` (their gradients die right after their step);
-    for E2E, Lightning's automatic optimization zeroes the gradients after the forward and
-    before the backward, so the previous step's gradients are still alive at the end of the
-    forward, and they count."""
-    if module.is_local:
-        local_step(module.net, x, y, step=BlockUpdate(optimizers))
-    else:
-        loss, _ = e2e_loss(module.net, x, y)
-        optimizers[0].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers[0].step()
-
-
-def measure_steps(module: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2, precision: str = "32-true") -> MemoryEstimate:
-    """Run ``steps`` training steps under the tracker; report the last one (real or fake tensors).
+def measure_steps(model: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2, precision: str = "32-true") -> MemoryEstimate:
+    """Train ``model`` (anything with ``net``, ``method`` and ``build_optimizers()``: a GLCanModule or the
+    planner's Trainable) for ``steps`` steps of :func:`~glcan.core.step.local_step` (every method:
+    E2E is one block) with the same :class:`BlockUpdate` as training, the last step under the
+    same :class:`~glcan.memory.meter.PeakMeter` a training run uses; real or fake tensors.
     ``bf16-mixed`` runs the steps under autocast, as Lightning does."""
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
-    module.train()
-    optimizers = module.build_optimizers()
-    tracker = MemoryTracker()
-    with tracker, watch_network(tracker, module.net, optimizers):
-        tracker.register([x, y], "input")
-        for i in range(steps):
-            if i == steps - 1:
-                tracker.reset_peak()
-            with autocast:
-                run_training_step(module, x, y, optimizers)
-    return _estimate(module, tracker)
-
-
-def _estimate(module: Any, tracker: MemoryTracker) -> MemoryEstimate:
-    k = module.net.num_blocks
-    return MemoryEstimate(
-        method=module.hparams.method,
-        num_blocks=k,
-        boundaries=list(module.net.boundaries),
-        peak_bytes=int(tracker.peak),
-        parts={c: int(tracker.peak_parts.get(c, 0)) for c in CATEGORIES},
-        peak_block=tracker.peak_phase,
-        block_peaks=[int(tracker.phase_peaks.get(i, 0)) for i in range(k)],
-    )
+    net = model.net
+    net.train()
+    optimizers = model.build_optimizers()
+    update = BlockUpdate(optimizers)
+    meter = PeakMeter(x.device)
+    for i in range(steps):
+        with meter.measure(net, optimizers, [x, y]) if i == steps - 1 else nullcontext(), autocast:
+            local_step(net, x, y, step=update)
+    return MemoryEstimate.of(meter, model)
 
 
 def example_batch(module: Any, batch_size: int, image_shape: Sequence[int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +105,11 @@ def predict(
     build: Callable[[], Any], batch_size: int, image_shape: Sequence[int], num_classes: int, steps: int = 2,
     precision: str = "32-true",
 ) -> MemoryEstimate:
-    """Predict the peak memory of training the module that ``build()`` returns.
+    """Predict the peak memory of training the model that ``build()`` returns.
 
     Args:
-        build: makes the LightningModule (called under FakeTensorMode: nothing is allocated).
+        build: makes the model (``net`` and ``build_optimizers()``; called under FakeTensorMode:
+            nothing is allocated).
         batch_size: the batch size to predict for.
         image_shape: (C, H, W) of one input.
         num_classes: for the fake labels (the targets come from the module's task).
@@ -144,10 +129,10 @@ def count_step_flops(build: Callable[[], Any], batch_size: int, image_shape: Seq
     from torch.utils.flop_counter import FlopCounterMode
 
     with fake_mode():
-        module = build()
-        module.train()
-        optimizers = module.build_optimizers()
-        x, y = example_batch(module, batch_size, image_shape, num_classes)
+        model = build()
+        model.net.train()
+        update = BlockUpdate(model.build_optimizers())
+        x, y = example_batch(model, batch_size, image_shape, num_classes)
         with FlopCounterMode(display=False) as counter:
-            run_training_step(module, x, y, optimizers)
+            local_step(model.net, x, y, step=update)
     return int(counter.get_total_flops())

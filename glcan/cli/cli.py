@@ -1,0 +1,254 @@
+"""GLCanCLI: LightningCLI's own subcommands (fit, validate, test, predict) over glcan's classes.
+
+LightningCLI turns GLCanModule's and GLCanDataModule's signatures into options, composes the
+YAML configs (``configs/defaults.yaml`` first, then ``--config`` files, then the command line),
+seeds, and runs the Trainer method of the subcommand. glcan adds only what is its own:
+
+- the model is *planned, then built* (``GLCanModule.planned``: ``split: memory``,
+  ``num_blocks: auto``), through a jsonargparse instantiator;
+- ``fit`` writes into a run directory it places and locks (glcan.cli.rundir; ``--ckpt_path
+  last`` resumes the latest run of the same experiment in place), attaches the CSV and W&B
+  loggers there, trains (in this process, DDP, or pipeline workers), then tests and writes
+  summary.json; Ctrl+C or SIGTERM leaves a checkpoint and the command that resumes;
+- ``validate``/``test``/``predict`` take the checkpoint's own run config when no ``--config``
+  is given, and leave a record beside the checkpoint's run.
+
+The callbacks of every run are listed in ``configs/defaults.yaml``, not here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from glcan.cli import rundir
+from glcan.data import GLCanDataModule
+from glcan.data.sr_images import write_upscaled
+from glcan.io import write_csv, write_json
+from glcan.lit import GLCanModule
+from glcan.lit.callbacks import RunInterrupted
+from glcan.lit.checks import ConfigError
+from glcan.lit.loggers import (WandbOptions, build_loggers, finish_wandb, run_config, wandb_options, wandb_run_dir,
+                               wandb_sync_hint)
+from glcan.lit.summary import build_summary, measured_by_callbacks, stage_metrics, summary_line
+from glcan.parallel.options import ParallelOptions, ddp_trainer_kwargs
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULTS = CONFIGS / "defaults.yaml"
+
+
+def precision_name(precision: Any) -> str:
+    """``trainer.precision`` as the model's memory predictions name it (a module-level function:
+    the parser's links travel with the model to pipeline workers, and a lambda cannot)."""
+    return str(precision or "32-true")
+
+
+def planned(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """The instantiator of the model: plan (glcan.lit.plan), then build."""
+    return cls.planned(*args, **kwargs)
+
+
+class GLCanCLI(LightningCLI):
+    """``train.py fit|validate|test|predict``; ``run=False`` parses and builds model and data only
+    (what ``memory`` and ``check-data`` need), with no subcommand; ``instantiate=False`` only
+    parses (what ``compare`` checks its grid with)."""
+
+    def __init__(self, args: list[str], run: bool = True, instantiate: bool = True,
+                 extra: Optional[Callable[[LightningArgumentParser], None]] = None) -> None:
+        self._instantiate, self._extra = instantiate, extra
+        defaults = {"default_config_files": [str(DEFAULTS)], "exit_on_error": False, "allow_abbrev": False}
+        kwargs = {s: dict(defaults) for s in self.subcommands()} if run else defaults
+        super().__init__(GLCanModule, GLCanDataModule, seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                         parser_kwargs={"exit_on_error": False, "allow_abbrev": False, **kwargs},
+                         auto_configure_optimizers=False, args=args,
+                         run=run, load_from_checkpoint_support=False)
+
+    # ---------------------------------------------------------------- parsing
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--logger", type=Union[bool, WandbOptions], default=WandbOptions(),
+                            help="Weights & Biases (offline without an API key; false turns it off; the CSV log is always written).")
+        parser.add_argument("--run_dir", type=Optional[str], default=None,
+                            help="Write the run exactly here (default: {trainer.default_root_dir}/{experiment}/version_N).")
+        parser.add_argument("--parallel", type=ParallelOptions, default=ParallelOptions(),
+                            help="Parallel training: pipeline (block groups in worker processes) or ddp.")
+        parser.add_argument("--out", type=Optional[str], default=None,
+                            help="predict: the CSV to write (super-resolution: the folder for the PNGs); compare: its folder.")
+        parser.add_argument("--images", type=Optional[str], default=None,
+                            help="predict: the folder of images (default: data.root).")
+        parser.add_argument("--budget", type=Optional[str], default=None,
+                            help="memory: a GPU memory budget (4GiB, 12GB, bytes): which methods fit it.")
+        parser.add_argument("--json", action="store_true", help="memory: print the report as one JSON object.")
+        if self._extra is not None:
+            self._extra(parser)
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.link_arguments("data.task", "model.task", apply_on="instantiate")  # the data says what is learnt
+        parser.link_arguments("data.batch_size", "model.batch_size")
+        parser.link_arguments("trainer.precision", "model.precision", compute_fn=precision_name)
+        parser.add_instantiator(planned, GLCanModule, subclasses=True)
+
+    def _set_seed(self) -> None:
+        if self._instantiate:
+            super()._set_seed()
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI would merge a checkpoint's hyperparameters into the model config here.
+        glcan's checkpoints are checked against the config instead (GLCanModule.on_load_checkpoint,
+        one line naming what differs), and ``validate``/``test``/``predict`` start from the run's
+        own config.yaml (glcan.cli.help.with_run_config); here a path that is not a checkpoint
+        gets its one line before anything is built."""
+        subcommand = self.config.get("subcommand")
+        spec = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if spec and spec != "last":
+            rundir.checkpoint_file(spec)
+
+    def instantiate_classes(self) -> None:
+        if self._instantiate:
+            super().instantiate_classes()
+
+    @property
+    def cfg(self) -> Any:
+        """This command's config (the subcommand's section)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The Trainer of the config, writing into this command's run (``fit``) or beside its
+        checkpoint (the others), with the CSV and W&B loggers attached there."""
+        cfg = self.cfg
+        if self.subcommand in (None, "predict"):
+            return super().instantiate_trainer(logger=False, **kwargs)
+        self.wandb = wandb_options(cfg.logger)
+        experiment = rundir.experiment_name(cfg, self.model, self.datamodule)
+        if self.subcommand == "fit":
+            self.run = rundir.place(cfg, self.model, self.datamodule)
+            path, job, resumed = self.run.path, self.model.hparams.method, self.run.resume_from
+            self.config_init[self.subcommand]["ckpt_path"] = str(resumed) if resumed else None
+            name = f"{experiment}-s{cfg.get('seed_everything')}-{self.run.record['wandb_id'][:6]}"
+        else:
+            self.ckpt = rundir.eval_checkpoint(cfg, self.model, self.datamodule)
+            self.config_init[self.subcommand]["ckpt_path"] = str(self.ckpt)
+            path, job, resumed = rundir.record_dir(self.ckpt), self.subcommand, None
+            name = f"{experiment}-{self.subcommand}"
+        kwargs.update(logger=False, default_root_dir=str(path), **ddp_trainer_kwargs(cfg.get("parallel")))
+        if self.subcommand != "fit":
+            self.save_config_callback = None
+        trainer = super().instantiate_trainer(**kwargs)
+        # The loggers join once the trainer is valid: a bad accelerator fails above, before a W&B
+        # run or a CSV log exists.
+        trainer.loggers = build_loggers(path, name, run_config(cfg, self.model, self.datamodule), self.wandb, job,
+                                        record=self.run.record if self.subcommand == "fit" else None,
+                                        resumed_from=resumed, csv=self.subcommand == "fit")
+        return trainer
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, model: GLCanModule, **kwargs: Any) -> None:
+        """Train (pipeline workers under ``--parallel.mode pipeline``), test, write summary.json."""
+        self.exit_code = 1
+        self.run.acquire()
+        try:
+            if self.cfg.parallel.mode == "pipeline":
+                from glcan.cli.pipeline import fit_pipeline  # the pipeline's launcher (its own processes)
+
+                self.exit_code = fit_pipeline(self, self.run)
+                return
+            try:
+                self.trainer.fit(model, **kwargs)
+            except RunInterrupted as e:
+                if self.trainer.is_global_zero:
+                    where = f"checkpoint saved to {e.checkpoint}" if e.checkpoint else "no checkpoint directory"
+                    print(f"stopped by {e.signame}; {where}. Resume with:\n  {self.resume_command()}",
+                          file=sys.stderr, flush=True)
+                self.exit_code = 130
+                return
+            self.finish_fit(model)
+            self.exit_code = 0
+        finally:
+            finish_wandb(self.trainer.loggers, self.exit_code)
+            self.run.release()
+
+    def finish_fit(self, model: GLCanModule) -> None:
+        """Test the trained network and write summary.json (rank 0), from the last validation's
+        and the test's metrics and what the callbacks measured."""
+        trainer = self.trainer
+        val = stage_metrics(trainer, "val")  # the last validation, before the test pass replaces the metrics
+        trainer.test(model, datamodule=self.datamodule, verbose=False)
+        summary = build_summary(model, self.datamodule, epochs=trainer.current_epoch, global_step=trainer.global_step,
+                                seed=self.cfg.get("seed_everything"), precision=str(trainer.precision),
+                                test_metrics=stage_metrics(trainer, "test"), measured=measured_by_callbacks(trainer),
+                                run_dir=str(self.run.path), wandb_dir=wandb_run_dir(trainer.loggers), val_metrics=val)
+        if trainer.is_global_zero:
+            self.summary_path = self.run.write_summary(summary, trainer.loggers)
+            print(summary_line(summary, self.summary_path), flush=True)
+            hint = wandb_sync_hint(self.run.path)
+            if hint:
+                print(hint, flush=True)
+
+    def resume_command(self) -> str:
+        """The exact command that resumes this run."""
+        args, keep, skip = list(self._args), [], False
+        for a in args:
+            if skip or a.startswith(("--ckpt_path=", "--run_dir=")):
+                skip = False
+                continue
+            skip = a in ("--ckpt_path", "--run_dir")
+            if not skip:
+                keep.append(a)
+        return shlex.join(["python", "train.py", *keep, "--run_dir", str(self.run.path), "--ckpt_path", "last"])
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = list(args or [])
+        super().parse_arguments(parser, self._args)
+
+    # ---------------------------------------------------------------- validate / test / predict
+    def validate(self, model: GLCanModule, **kwargs: Any) -> None:
+        self._evaluate("validate", model, kwargs)
+
+    def test(self, model: GLCanModule, **kwargs: Any) -> None:
+        self.datamodule.evaluate_every_photo()  # super-resolution on a user's folder: every photograph
+        self._evaluate("test", model, kwargs)
+
+    def _evaluate(self, stage: str, model: GLCanModule, kwargs: dict[str, Any]) -> None:
+        run = self.trainer.test if stage == "test" else self.trainer.validate
+        metrics = run(model, **{**kwargs, "verbose": False})[0]
+        saved = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
+        record = {"checkpoint": str(self.ckpt), "epochs": int(saved.get("epoch", -1)) + 1,
+                  "global_step": saved.get("global_step"), **{k: float(v) for k, v in metrics.items()}}
+        path = write_json(rundir.record_dir(self.ckpt) / f"{stage}_{self.ckpt.stem}.json", record)
+        prefix, name = "test" if stage == "test" else "val", model.task.metric.name
+        value, bicubic = metrics.get(f"{prefix}/{name}"), metrics.get(f"{prefix}/bicubic_{name}")
+        versus = f" (bicubic {bicubic:.4f})" if bicubic is not None else ""
+        print(f"{stage}/{name} {value:.4f}{versus} (checkpoint after {record['epochs']} completed epoch(s), step "
+              f"{record['global_step']}) | {path}", flush=True)
+        finish_wandb(self.trainer.loggers, 0)
+        self.exit_code = 0
+
+    def predict(self, model: GLCanModule, **kwargs: Any) -> None:
+        """Class and probability of every image under ``--images`` / ``data.root`` into a CSV
+        (super-resolution: every image upscaled, as PNGs under ``--out``)."""
+        dm, cfg = self.datamodule, self.cfg
+        self.ckpt = rundir.eval_checkpoint(cfg, model, dm)
+        dm.predict_root = cfg.get("images")
+        sr = model.task.kind == "super_resolution"
+        out = Path(cfg.get("out") or rundir.record_dir(self.ckpt) / ("predictions" if sr else "predictions.csv"))
+        batches = self.trainer.predict(model, datamodule=dm, ckpt_path=str(self.ckpt)) or []
+        if sr:
+            count = write_upscaled(batches, dm.predict_files, dm.predict_root or dm.root, out)
+            print(f"upscaled {count} image(s) under {dm.predict_root or dm.root} x{model.task.scale}: {out}", flush=True)
+        else:
+            probs = torch.cat(batches) if batches else torch.empty(0, model.hparams.num_classes)
+            p, idx = probs.max(dim=1)
+            rows = [{"file": str(f), "class": dm.classes[i] if dm.classes else i, "index": i, "probability": round(q, 6)}
+                    for f, q, i in zip(dm.predict_files, p.tolist(), idx.tolist())]
+            write_csv(out, rows, ["file", "class", "index", "probability"])
+            print(f"predicted {len(rows)} image(s) under {dm.predict_root or dm.root}: {out}", flush=True)
+        self.exit_code = 0
+
+
+def run_fit(args: list[str]) -> int:
+    """``train.py fit ARGS`` in this process (what ``compare`` runs for each point): its exit status."""
+    return getattr(GLCanCLI(["fit", *args]), "exit_code", 0)
