@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+from jsonargparse import Namespace, namespace_to_dict
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from glcan.cli import rundir
@@ -46,11 +47,6 @@ def precision_name(precision: Any) -> str:
     """``trainer.precision`` as the model's memory predictions name it (a module-level function:
     the parser's links travel with the model to pipeline workers, and a lambda cannot)."""
     return str(precision or "32-true")
-
-
-def planned(cls: type, *args: Any, **kwargs: Any) -> Any:
-    """The instantiator of the model: plan (glcan.lit.plan), then build."""
-    return cls.planned(*args, **kwargs)
 
 
 class GLCanCLI(LightningCLI):
@@ -90,7 +86,18 @@ class GLCanCLI(LightningCLI):
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")  # the data says what is learnt
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("trainer.precision", "model.precision", compute_fn=precision_name)
-        parser.add_instantiator(planned, GLCanModule, subclasses=True)
+        parser.add_instantiator(self.build_model, GLCanModule, subclasses=True)
+
+    def build_model(self, cls: type, *args: Any, **kwargs: Any) -> Any:
+        """The model's instantiator: the optimizer, the schedule and a ``class_path`` backbone as
+        their ``{class_path, init_args}`` specs (plain values a checkpoint records and
+        ``instantiate_class`` builds), then plan (glcan.lit.plan) and build."""
+        model = self.cfg.model
+        for key in ("optimizer", "scheduler", "backbone"):
+            value = model.get(key)
+            if value is not None and hasattr(value, "class_path"):
+                kwargs[key] = {"class_path": value.class_path, "init_args": namespace_to_dict(value.get("init_args") or Namespace())}
+        return cls.planned(*args, **kwargs)
 
     def _set_seed(self) -> None:
         if self._instantiate:

@@ -38,14 +38,13 @@ def check_checkpoint_matches(module: Any, checkpoint: dict) -> None:
         raise ConfigError("the checkpoint does not match the model config: it has " + ", ".join(diffs))
 
 
-def check_schedule_length(saved: list[dict], planned: Any, unit: str) -> None:
+def check_schedule_length(saved: list[Any], planned: Any, unit: str) -> None:
     """Refuse to resume a fixed-length schedule (one-cycle, cosine) into a run of another length.
 
     Such a schedule is a curve over the planned length: stretched mid-run it would jump. The
     message says what to do instead.
     """
-    for state in saved:
-        length = state.get("total_steps") or state.get("T_max")
+    for length in saved:  # the saved schedules' lengths (glcan.lit.optim.schedule_length)
         if length and planned and int(length) != int(planned):
             raise ConfigError(
                 f"the checkpoint's learning-rate schedule spans {length} {unit} but this run plans {planned}: "

@@ -23,8 +23,8 @@ from glcan.core.step import BlockUpdate, check_finite, local_step
 from glcan.lit.checks import (ConfigError, check_checkpoint_matches, check_schedule_length, checkpoint_identity,
                               refuse_unsupported_precision)
 from glcan.lit.metrics import block_metrics
-from glcan.lit.optim import (block_optimizers, factory_from_spec, factory_spec, optimizer_configs, optimizer_name,
-                             step_schedulers)
+from glcan.lit.optim import (Spec, block_optimizers, optimizer_configs, plain_spec, schedule_length, spec_class,
+                             spec_name, step_schedulers)
 from glcan.lit.plan import assemble, needs_plan, plan
 
 
@@ -55,8 +55,10 @@ class GLCanModule(L.LightningModule):
         last_head: what trains the last block: classifier (the backbone's own) or head.
             ``classifier`` deploys exactly E2E's network; ``head`` a head like the other blocks'.
         optimizer: the optimizer, built once per block (E2E: once); default SGD with Nesterov.
-            Default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4.
+            A ``{class_path, init_args}`` mapping (what a config gives; recorded in checkpoints) or,
+            from Python, a callable. Default: SGD, lr 0.05, Nesterov momentum 0.9, weight decay 5e-4.
         scheduler: the learning-rate schedule, built once per optimizer (lr/block{k} in the logs).
+            A ``{class_path, init_args}`` mapping or a callable, like ``optimizer``.
         scheduler_interval: step the schedulers every epoch or every step (batch).
         block_lr_scale: optional per-block learning-rate multipliers (length K).
         gradient_clip_val: clip each block's gradient norm to this value (not trainer.gradient_clip_val).
@@ -109,8 +111,9 @@ class GLCanModule(L.LightningModule):
         self.save_hyperparameters(self._record(args))
         parts = assemble(args)
         self.net, self.task, self.backbone_name = parts.net, parts.task, parts.backbone_name
-        self.optimizer_factory = parts.optimizer_factory
-        self.scheduler_factory = factory_from_spec(scheduler, "model.scheduler")
+        self.optimizer_spec: Spec = optimizer
+        self.scheduler_spec: Spec = scheduler
+        spec_class(scheduler, "model.scheduler")  # a scheduler that cannot be imported: one line now
         self.metrics = block_metrics(self.task, self.net.num_blocks, num_classes)
         # One optimizer per block, one backward per block: manual optimization for every method.
         self.automatic_optimization = False
@@ -136,7 +139,7 @@ class GLCanModule(L.LightningModule):
         record = {k: v for k, v in args.items() if k not in ("backbone", "optimizer", "scheduler")}
         backbone = args["backbone"]
         record.update(backbone=backbone if isinstance(backbone, (str, dict)) else None,
-                      optimizer=factory_spec(args["optimizer"]), scheduler=factory_spec(args["scheduler"]),
+                      optimizer=plain_spec(args["optimizer"]), scheduler=plain_spec(args["scheduler"]),
                       image_shape=[int(s) for s in args["image_shape"]])
         return record
 
@@ -150,7 +153,7 @@ class GLCanModule(L.LightningModule):
 
     @property
     def optimizer_name(self) -> Optional[str]:
-        return optimizer_name(self.optimizer_factory)
+        return spec_name(self.optimizer_spec) or "SGD"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -207,7 +210,7 @@ class GLCanModule(L.LightningModule):
 
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
         """One optimizer per block (over the block and its head); E2E has one block."""
-        return block_optimizers(self.net, self.optimizer_factory, self.hparams.block_lr_scale)
+        return block_optimizers(self.net, self.optimizer_spec, self.hparams.block_lr_scale)
 
     def schedule_length(self) -> Optional[int]:
         """Scheduler steps in this run: batches (``scheduler_interval: step``) or epochs."""
@@ -219,7 +222,7 @@ class GLCanModule(L.LightningModule):
         return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
 
     def configure_optimizers(self) -> Any:
-        return optimizer_configs(self.build_optimizers(), self.scheduler_factory, self.hparams.scheduler_interval,
+        return optimizer_configs(self.build_optimizers(), self.scheduler_spec, self.hparams.scheduler_interval,
                                  self.schedule_length())
 
     # ---------------------------------------------------------------- evaluation
@@ -256,4 +259,5 @@ class GLCanModule(L.LightningModule):
         check_checkpoint_matches(self, checkpoint)
         if self._trainer is not None and self.trainer.training:
             unit = "batches" if self.hparams.scheduler_interval == "step" else "epochs"
-            check_schedule_length(checkpoint.get("lr_schedulers") or [], self.schedule_length(), unit)
+            check_schedule_length([schedule_length(s) for s in checkpoint.get("lr_schedulers") or []],
+                                  self.schedule_length(), unit)

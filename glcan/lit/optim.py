@@ -1,7 +1,12 @@
 """Optimizers and LR schedulers: one of each per block in local mode, one for E2E.
 
-Both come from LightningCLI's OptimizerCallable / LRSchedulerCallable in the config, so every
-block (and the E2E baseline) is optimized the same way unless per-block LR scales say otherwise.
+A config names them as ``{class_path, init_args}`` (``configs/optim/``); the command line hands
+them to the model as such specs (glcan.cli.cli), and they are built with LightningCLI's own
+``instantiate_class``, once per block, so every block (and the E2E baseline) is optimized the
+same way unless per-block LR scales say otherwise. The specs are plain values: checkpoints
+record them, so ``GLCanModule.load_from_checkpoint(path)`` rebuilds optimizer and schedule and
+a plain Lightning resume finds the state it saved. From Python, a callable works too
+(``lambda params: torch.optim.SGD(params, lr=0.1)``); it is then not recorded.
 
 A schedule's length is the run's, which a config file cannot know (it depends on the data size,
 the batch size and the epochs). The two schedules here are torch's, with the length left open:
@@ -9,24 +14,24 @@ the batch size and the epochs). The two schedules here are torch's, with the len
 the trainer, in the unit the schedule is stepped in (batches or epochs), and the one-cycle peak
 defaults to each parameter group's own learning rate, so ``--model.optimizer.lr`` and per-block
 scales mean what they say.
-
-Checkpoints record the optimizer and scheduler as ``{class_path, init_args}`` (see
-:func:`factory_spec`), so ``GLCanModule.load_from_checkpoint(path)`` rebuilds them and a plain
-Lightning resume finds the optimizer state it saved.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from lightning.pytorch.cli import instantiate_class
 
 from glcan.core.network import SplitNetwork
 
 LENGTH_ARGS = ("total_steps", "T_max")
+Spec = Optional[Union[dict, Callable]]  # {class_path, init_args}, or (from Python) a callable
+#: What ``optimizer: null`` means: SGD with Nesterov momentum, the local-learning papers' choice.
+DEFAULT_OPTIMIZER = {"class_path": "torch.optim.SGD",
+                     "init_args": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}}
 
 
 class OneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
@@ -67,54 +72,73 @@ class CosineAnnealingLR(torch.optim.lr_scheduler.CosineAnnealingLR):
         super().__init__(optimizer, T_max=T_max, eta_min=eta_min, last_epoch=last_epoch)
 
 
-def _unwrap(factory: Callable) -> tuple[Any, dict[str, Any]]:
-    """(class or function, keyword arguments) behind a factory.
-
-    LightningCLI's callables are ``partial(call, instantiator, Class, **init_args)``; a plain
-    ``partial(Class, **kw)`` or a class works too.
-    """
-    keywords: dict[str, Any] = {}
-    target = factory
-    while isinstance(target, functools.partial):
-        keywords = {**target.keywords, **keywords}
-        classes = [a for a in target.args if inspect.isclass(a)]
-        target = classes[0] if classes else target.func
-    return target, keywords
-
-
-def schedule_length_arg(factory: Callable) -> Optional[str]:
-    """The length argument (``total_steps`` or ``T_max``) the factory leaves for the trainer."""
-    target, keywords = _unwrap(factory)
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
+def spec_class(spec: Spec, what: str) -> Optional[type]:
+    """The class a ``{class_path, init_args}`` spec names (None for a callable); one line if not."""
+    if spec is None or callable(spec):
         return None
-    return next((a for a in LENGTH_ARGS if a in params and keywords.get(a) is None), None)
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{what} must be a class_path/init_args mapping or a callable, got {spec!r}")
+    module, _, name = str(spec["class_path"]).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"{what}: cannot import {spec['class_path']!r}") from None
 
 
-def build_scheduler(factory: Callable, optimizer: torch.optim.Optimizer, length: Optional[int]) -> Any:
-    """``factory(optimizer)``, with the schedule's length filled in when the factory leaves it open."""
-    arg = schedule_length_arg(factory)
+def build_optimizer(spec: Spec, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """One optimizer over ``params`` from its spec (the default SGD when None)."""
+    spec = DEFAULT_OPTIMIZER if spec is None else spec
+    if callable(spec):
+        return spec(params)
+    spec_class(spec, "model.optimizer")
+    return instantiate_class((params,), spec)
+
+
+def build_scheduler(spec: Spec, optimizer: torch.optim.Optimizer, length: Optional[int]) -> Any:
+    """The schedule of ``optimizer``, its length filled in where the spec leaves it open."""
+    if callable(spec):
+        return spec(optimizer)
+    cls = spec_class(spec, "model.scheduler")
+    init = dict(spec.get("init_args") or {})
+    params = inspect.signature(cls).parameters
+    arg = next((a for a in LENGTH_ARGS if a in params and init.get(a) is None), None)
     if arg is not None and length is not None:
-        return factory(optimizer, **{arg: length})
-    return factory(optimizer)
+        init[arg] = length
+    return instantiate_class((optimizer,), {"class_path": spec["class_path"], "init_args": init})
 
 
-def schedule_length(scheduler: Any) -> Optional[int]:
-    """The length a built scheduler was planned for (None for schedules without one)."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
-        return scheduler.total_steps
-    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-        return scheduler.T_max
-    return None
+def schedule_length(state: Any) -> Optional[int]:
+    """The length a schedule was planned for: of a built scheduler or of its saved state (None
+    for schedules without one). The one reader of it (resume checks, pipeline shards)."""
+    state = state.state_dict() if hasattr(state, "state_dict") else state
+    length = state.get("total_steps") or state.get("T_max")
+    return int(length) if length else None
 
 
-def block_optimizers(net: SplitNetwork, factory: Callable, lr_scale: Optional[Sequence[float]] = None) -> list[torch.optim.Optimizer]:
+def spec_name(spec: Spec) -> Optional[str]:
+    """The optimizer's (or schedule's) class name, e.g. ``SGD``, for checks and summaries."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        return str(spec["class_path"]).rsplit(".", 1)[-1]
+    target = getattr(spec, "func", spec)
+    return getattr(target, "__name__", type(target).__name__)
+
+
+def plain_spec(spec: Spec) -> Optional[dict]:
+    """A spec as a plain, safe record (hparams.yaml), or None for a callable."""
+    if not isinstance(spec, dict):
+        return None
+    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (spec.get("init_args") or {}).items()}
+    return {"class_path": str(spec["class_path"]), "init_args": args}
+
+
+def block_optimizers(net: SplitNetwork, spec: Spec, lr_scale: Optional[Sequence[float]] = None) -> list[torch.optim.Optimizer]:
     """One optimizer per block, over the block and its head, learning rates scaled per block."""
     scales = lr_scale or [1.0] * net.num_blocks
     optimizers = []
     for k, (block, head) in enumerate(zip(net.blocks, net.heads)):
-        opt = factory([*block.parameters(), *head.parameters()])
+        opt = build_optimizer(spec, [*block.parameters(), *head.parameters()])
         for group in opt.param_groups:
             group["lr"] *= scales[k]
         optimizers.append(opt)
@@ -129,7 +153,7 @@ def step_schedulers(schedulers: Sequence[Any], interval: str, boundary: str) -> 
             s.step()
 
 
-def optimizer_configs(optimizers: Sequence[torch.optim.Optimizer], scheduler: Optional[Callable], interval: str,
+def optimizer_configs(optimizers: Sequence[torch.optim.Optimizer], scheduler: Spec, interval: str,
                       length: Optional[int]) -> Any:
     """What ``configure_optimizers`` returns; schedulers are named ``lr/block{k}`` (``lr`` for one)."""
     configs = []
@@ -141,46 +165,3 @@ def optimizer_configs(optimizers: Sequence[torch.optim.Optimizer], scheduler: Op
                                       "interval": interval}
         configs.append(config)
     return configs if len(configs) > 1 else configs[0]
-
-
-# ---------------------------------------------------------------- checkpoints describe their optimizer
-def factory_spec(factory: Optional[Callable]) -> Optional[dict[str, Any]]:
-    """``{"class_path": ..., "init_args": {...}}`` for a class-based factory, else None.
-
-    The arguments are those given (jsonargparse includes the class's defaults), all plain
-    values, so the spec is safe in hparams.yaml and rebuilds the same factory.
-    """
-    if factory is None:
-        return None
-    if isinstance(factory, dict):
-        return factory
-    target, keywords = _unwrap(factory)
-    if not inspect.isclass(target):
-        return None
-    plain = (bool, int, float, str, type(None))
-    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in keywords.items()}
-    if not all(isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v)) for v in args.values()):
-        return None
-    return {"class_path": f"{target.__module__}.{target.__qualname__}", "init_args": args}
-
-
-def factory_from_spec(spec: Any, what: str) -> Optional[Callable]:
-    """The factory a :func:`factory_spec` describes (a callable is returned as it is)."""
-    if spec is None or callable(spec):
-        return spec
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"{what} must be a class_path/init_args mapping or a callable, got {spec!r}")
-    module, _, name = str(spec["class_path"]).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"{what}: cannot import {spec['class_path']!r}") from None
-    return functools.partial(cls, **(spec.get("init_args") or {}))
-
-
-def optimizer_name(factory: Optional[Callable]) -> Optional[str]:
-    """The optimizer's class name, e.g. ``SGD``, for checkpoint checks and summaries."""
-    if factory is None:
-        return None
-    target, _ = _unwrap(factory) if not isinstance(factory, dict) else (factory["class_path"], {})
-    return target.rsplit(".", 1)[-1] if isinstance(target, str) else getattr(target, "__name__", None)

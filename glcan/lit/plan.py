@@ -15,7 +15,6 @@ in its hyperparameters, so a checkpoint rebuilds it without planning again.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -27,15 +26,11 @@ from torch._guards import detect_fake_mode
 from glcan.core.build import METHODS, build_network, is_local, probe_shapes
 from glcan.core.network import SplitNetwork
 from glcan.core.task import Task, get_task
-from glcan.lit.optim import block_optimizers, factory_from_spec
+from glcan.lit.optim import Spec, block_optimizers, spec_class
 from glcan.memory.budget import GIB, BudgetError, frontier, need, parse_bytes
 from glcan.memory.costs import memory_split
 from glcan.memory.predictor import as_fake, count_step_flops, predict
 from glcan.memory.report import largest_unit_footprint
-
-#: What ``optimizer: null`` means: SGD with Nesterov momentum, the local-learning papers' choice.
-DEFAULT_OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
 
 @dataclass
 class Trainable:
@@ -49,12 +44,12 @@ class Trainable:
     task: Task
     method: str
     backbone_name: str
-    optimizer_factory: Callable
+    optimizer: Spec
     block_lr_scale: Optional[list[float]] = None
 
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
         """One optimizer per block (over the block and its head); E2E has one block."""
-        return block_optimizers(self.net, self.optimizer_factory, self.block_lr_scale)
+        return block_optimizers(self.net, self.optimizer, self.block_lr_scale)
 
 
 def assemble(arguments: dict[str, Any]) -> Trainable:
@@ -84,8 +79,8 @@ def assemble(arguments: dict[str, Any]) -> Trainable:
     scale = a.get("block_lr_scale")
     if scale is not None and len(scale) != net.num_blocks:
         raise ValueError(f"model.block_lr_scale has {len(scale)} entries, need one per block ({net.num_blocks})")
-    factory = factory_from_spec(a.get("optimizer"), "model.optimizer") or DEFAULT_OPTIMIZER
-    return Trainable(net, task, method, built.name, factory, scale)
+    spec_class(a.get("optimizer"), "model.optimizer")  # one line for a class that cannot be imported
+    return Trainable(net, task, method, built.name, a.get("optimizer"), scale)
 
 
 

@@ -27,7 +27,6 @@ import torch
 from glcan.core.build import probe_shapes
 from glcan.core.split import balanced_boundaries, block_ranges
 from glcan.core.step import BlockUpdate, local_step
-from glcan.lit.optim import factory_from_spec, factory_spec
 from glcan.parallel.options import PipelineError
 
 
@@ -207,21 +206,6 @@ def check(model: Any, opts: Any, trainer: Any, workers: int) -> None:
         raise PipelineError("parallel.depth and parallel.threads must be >= 1 and parallel.timeout > 0")
 
 
-def plain_factory(factory: Any, what: str) -> Any:
-    """A picklable stand-in for LightningCLI's optimizer/scheduler callable (spawned workers
-    receive the model by pickle; the CLI's callables hold its parser, lambdas included)."""
-    try:
-        pickle.dumps(factory)
-        return factory
-    except Exception:  # noqa: BLE001 - any pickling failure
-        pass
-    spec = factory_spec(factory)
-    if spec is not None:
-        return factory_from_spec(spec, what)
-    raise PipelineError(f"the {what} config cannot be sent to pipeline workers (not picklable); "
-                        "launch with torchrun, where every worker reads the config itself")
-
-
 def build_job(model: Any, datamodule: Any, trainer: Any, opts: Any, seed: Optional[int], run_dir: str,
               workers: Optional[int] = None, plan: bool = True) -> Job:
     """The job of a parsed config; with ``plan``, also the worker groups (launched plainly, the
@@ -243,9 +227,14 @@ def build_job(model: Any, datamodule: Any, trainer: Any, opts: Any, seed: Option
                      "block_shapes": probe_shapes(model.net.blocks, datamodule.image_shape)})
     group_blocks(model.net.num_blocks, workers, opts.split)  # validates before any work
     if plan:
-        model.optimizer_factory = plain_factory(model.optimizer_factory, "model.optimizer")
-        if model.scheduler_factory is not None:
-            model.scheduler_factory = plain_factory(model.scheduler_factory, "model.scheduler")
+        for what in ("optimizer", "scheduler"):  # spawned workers receive the model by pickle
+            spec = getattr(model, f"{what}_spec")
+            if callable(spec):
+                try:
+                    pickle.dumps(spec)
+                except Exception:  # noqa: BLE001 - any pickling failure
+                    raise PipelineError(f"the model.{what} callable cannot be sent to pipeline workers (not picklable); "
+                                        "give it as class_path/init_args, or launch with torchrun") from None
         job.groups, job.group_cost_ms = _groups(job)
     datamodule.train_set = datamodule.val_set = datamodule.test_set = None  # rebuilt by each worker; not pickled
     return job

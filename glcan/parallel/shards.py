@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 
 from glcan.io import save_torch
-from glcan.lit.optim import build_scheduler
+from glcan.lit.optim import build_scheduler, schedule_length
 
 SHARDS = "shards"
 
@@ -70,8 +70,8 @@ def assemble(run_dir: str | Path, epoch: int, workers: int, model: Any) -> tuple
     model.cpu().load_state_dict(state)
     optimizers = model.build_optimizers()
     # Schedulers first: building one sets its optimizer's learning rate to the schedule's start.
-    schedulers = [build_scheduler(model.scheduler_factory, optimizers[k], _length(s["lr_schedulers"][k]))
-                  if model.scheduler_factory is not None and k in s["lr_schedulers"] else None
+    schedulers = [build_scheduler(model.scheduler_spec, optimizers[k], schedule_length(s["lr_schedulers"][k]))
+                  if model.scheduler_spec is not None and k in s["lr_schedulers"] else None
                   for s in shards for k in s["blocks"]]
     for s in shards:
         for k, v in s["optimizer_states"].items():
@@ -105,10 +105,6 @@ class _Extra(L.Callback):
     @property
     def state_key(self) -> str:
         return "glcan_pipeline_record"
-
-
-def _length(state: dict) -> Optional[int]:
-    return state.get("total_steps") or state.get("T_max")
 
 
 def save_lightning_checkpoint(model: Any, optimizers: list, schedulers: list, epoch: int, global_step: int,

@@ -70,8 +70,8 @@ class Worker:
             self.net.heads[k].to(self.device)
         self.net.train()
         self.optimizers = self.model.build_optimizers()
-        factory = self.model.scheduler_factory
-        self.schedulers = {k: build_scheduler(factory, self.optimizers[k], job.total_steps) for k in self.mine} if factory else {}
+        spec = self.model.scheduler_spec
+        self.schedulers = {k: build_scheduler(spec, self.optimizers[k], job.total_steps) for k in self.mine} if spec else {}
         shapes, batch = job.extra["block_shapes"], job.datamodule.batch_size
         name = self.worker_name
         self.link_in = Link(self.rank - 1, batch, shapes[self.mine[0] - 1], self.device, job.depth, name) if self.rank else None
