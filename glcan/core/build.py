@@ -15,6 +15,7 @@ from torch import nn
 from glcan.core.network import CheckpointedSequential, SplitNetwork
 from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundaries, check_num_blocks, uniform_boundaries
 from glcan.heads import AuxHead, ModuleHead, build_head
+from glcan.heads.lookahead import LookaheadHead
 from glcan.backbones import Backbone, build_backbone
 
 METHODS = ("e2e", "e2e_checkpoint", "local", "local_checkpoint")
@@ -61,7 +62,7 @@ def make_heads(
     return [
         build_head(
             head, tuple(shapes[last - 1]), num_classes, image_shape=tuple(image_shape),
-            block_index=k, num_blocks=len(ranges), **(head_kwargs or {}),
+            block_index=k, num_blocks=len(ranges), later_shapes=[tuple(s) for s in shapes[last:]], **(head_kwargs or {}),
         )
         for k, (_, last) in enumerate(ranges)
     ]
@@ -135,6 +136,8 @@ def build_network(
     image_shape: Sequence[int],
     last_head: str = "classifier",
     classifier_head: Callable[[nn.Module], AuxHead] = ModuleHead,
+    lookahead: int = 0,
+    lookahead_momentum: float = 0.9,
 ) -> SplitNetwork:
     """The network a method trains.
 
@@ -146,6 +149,8 @@ def build_network(
     activations in its backward (per-unit gradient checkpointing), in the one block of E2E or
     inside each local block. ``classifier_head(module)`` makes the head that trains through the
     backbone's own classifier (the task's: ``glcan.core.task``; cross-entropy by default).
+    ``lookahead`` blocks before the last also train through a momentum copy of their next block
+    and its head (glcan.heads.lookahead); ``-1``: every block but the last.
     """
     if method not in METHODS:
         raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -161,4 +166,7 @@ def build_network(
     if last_head == "classifier":
         heads[-1] = classifier_head(backbone.classifier)
     blocks = [sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]
+    ahead = len(blocks) - 1 if lookahead < 0 else min(lookahead, len(blocks) - 1)
+    for k in range(len(blocks) - 2, len(blocks) - 2 - ahead, -1):  # from the back: each copies a plain head
+        heads[k] = LookaheadHead(heads[k], blocks[k + 1], heads[k + 1], lookahead_momentum)
     return SplitNetwork(blocks, heads, boundaries)

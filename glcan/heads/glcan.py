@@ -34,7 +34,7 @@ conv or MLP fits beside the attention (``bench/heads.py``, ``docs/heads.md``).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from torch.autograd.function import once_differentiable
 
 from glcan.heads.base import AuxHead
 from glcan.heads.context_block import ContextBlock, Fusion, Pooling, attention_logits
+from glcan.heads.later import later_depth, later_layers
 from glcan.heads.registry import register_head
 
 
@@ -108,6 +109,13 @@ class GLCanHead(AuxHead):
             pooled with its own attention map; must divide C.
         fuse_input: the context also shifts the pooled map *before* the local conv (a second
             transform), so it shapes which local features are computed, not only which pass.
+        later: AugLocal's lever: the head first runs this many fresh residual units shaped like
+            layers sampled from the network's later ones (glcan.heads.later), and reads their
+            output; 0 (the default) reads the block's output directly.
+        later_width: the later units' channels as a fraction of the sampled layers'.
+        later_pyramid: the later stack's depth shrinks linearly to ``later * later_pyramid`` at
+            the last auxiliary block (AugLocal's pyramid); None keeps it.
+        block_index, num_blocks, later_shapes: where the head sits (set by the trainer).
     """
 
     def __init__(
@@ -125,8 +133,19 @@ class GLCanHead(AuxHead):
         context_in_classifier: bool = True,
         attention_heads: int = 1,
         fuse_input: bool = False,
+        later: int = 0,
+        later_width: float = 1.0,
+        later_pyramid: Optional[float] = None,
+        block_index: int = 0,
+        num_blocks: int = 1,
+        later_shapes: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__()
+        if later < 0 or later_width <= 0 or (later_pyramid is not None and not 0 < later_pyramid <= 1):
+            raise ValueError(f"glcan head needs later >= 0, later_width > 0 and later_pyramid in (0, 1], "
+                             f"got {later}, {later_width}, {later_pyramid}")
+        self.later, in_shape = later_layers(in_shape, later_shapes,
+                                            later_depth(later, later_pyramid, block_index, num_blocks), later_width)
         c, h, w_ = in_shape
         if pool_size < 1 or grid < 1:
             raise ValueError(f"glcan head needs pool_size >= 1 and grid >= 1, got {pool_size}, {grid}")
@@ -181,7 +200,7 @@ class GLCanHead(AuxHead):
         return fused, ctx
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        fused, ctx = self.features(h)
+        fused, ctx = self.features(self.later(h))
         parts = ([self.grid(fused).flatten(1)] if fused is not None else []) + \
                 ([ctx.flatten(1)] if self.context_in_classifier else [])
         return self.classifier(torch.cat(parts, dim=1))

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from glcan.heads.base import AuxHead
 from glcan.registry import Registry
 
 HeadFactory = Callable[..., AuxHead]
 
-#: Keywords that say where a head sits; a factory receives those it declares.
-PLACEMENT_KEYWORDS: tuple[str, ...] = ("image_shape", "block_index", "num_blocks")
+#: Keywords that say where a head sits; a factory receives those it declares (``later_shapes``:
+#: the output shapes of the units after the head's block, for heads built from later layers).
+PLACEMENT_KEYWORDS: tuple[str, ...] = ("image_shape", "block_index", "num_blocks", "later_shapes")
 
 _HEADS: Registry[HeadFactory] = Registry("head")
 register_head = _HEADS.register
@@ -82,6 +83,7 @@ def build_head(
     image_shape: tuple[int, int, int],
     block_index: int = 0,
     num_blocks: int = 1,
+    later_shapes: Sequence[Sequence[int]] = (),
     **kwargs: Any,
 ) -> AuxHead:
     """Build a registered head for a block whose output has shape ``in_shape``.
@@ -93,6 +95,7 @@ def build_head(
         image_shape: the network input's shape (C, H, W); heads that reconstruct it use it.
         block_index: index k of the block the head sits on (0-based).
         num_blocks: K, the number of blocks.
+        later_shapes: the output shapes (C, H, W) of the units after the block.
         **kwargs: head options (see `head_options`).
 
     Returns:
@@ -110,7 +113,8 @@ def build_head(
     if unknown:
         takes = ", ".join(options) if options else "no options"
         raise ValueError(f"head {name!r} got unknown option(s): {', '.join(unknown)}; it takes: {takes}")
-    placement = {"image_shape": tuple(image_shape), "block_index": block_index, "num_blocks": num_blocks}
+    placement = {"image_shape": tuple(image_shape), "block_index": block_index, "num_blocks": num_blocks,
+                 "later_shapes": [tuple(s) for s in later_shapes]}
     kwargs.update({k: v for k, v in placement.items() if open_ended or k in params})
     try:
         return factory(shape, int(num_classes), **kwargs)

@@ -75,6 +75,9 @@ class GLCanModule(L.LightningModule):
         precision: the precision memory predictions assume; linked from ``trainer.precision``.
         boundaries: where the planner cut the blocks for ``split: memory`` (recorded, so a
             checkpoint rebuilds the same blocks); set by :meth:`planned`, not by hand.
+        lookahead: how many blocks before the last also learn through a momentum copy of their next
+            block (MAN/MLAAN's leap; -1: all). Costs the copies' memory and a forward per step.
+        lookahead_momentum: the EMA momentum of those copies (0: the next block's current weights).
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class GLCanModule(L.LightningModule):
         memory_policy: Literal["accuracy", "speed"] = "accuracy",
         precision: str = "32-true",
         boundaries: Optional[list[int]] = None,
+        lookahead: int = 0,
+        lookahead_momentum: float = 0.9,
     ) -> None:
         super().__init__()
         args = {k: v for k, v in locals().items() if k in inspect.signature(type(self).__init__).parameters and k != "self"}

@@ -138,7 +138,9 @@ def block_optimizers(net: SplitNetwork, spec: Spec, lr_scale: Optional[Sequence[
     scales = lr_scale or [1.0] * net.num_blocks
     optimizers = []
     for k, (block, head) in enumerate(zip(net.blocks, net.heads)):
-        opt = build_optimizer(spec, [*block.parameters(), *head.parameters()])
+        # What a block's optimizer updates: its units and its head, not what is frozen (a head's
+        # momentum copy of the next block, the avg pooling's fixed scores).
+        opt = build_optimizer(spec, [p for p in (*block.parameters(), *head.parameters()) if p.requires_grad])
         for group in opt.param_groups:
             group["lr"] *= scales[k]
         optimizers.append(opt)

@@ -200,6 +200,9 @@ def check(model: Any, opts: Any, trainer: Any, workers: int) -> None:
         raise PipelineError(f"pipeline mode supports trainer.precision {', '.join(PRECISIONS)}, not {trainer.precision}")
     if trainer.get("fast_dev_run"):
         raise PipelineError("trainer.fast_dev_run is not supported in pipeline mode; use trainer.max_steps")
+    if model.hparams.get("lookahead"):
+        raise PipelineError("model.lookahead is not supported in pipeline mode: a block's momentum copy of the next "
+                            "block needs that block's weights, which live on another worker")
     if (trainer.get("accumulate_grad_batches") or 1) != 1:
         raise PipelineError("trainer.accumulate_grad_batches must be 1 (each block steps once per batch)")
     if opts.depth < 1 or opts.timeout <= 0 or (opts.threads is not None and opts.threads < 1):
