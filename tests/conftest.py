@@ -60,13 +60,14 @@ class StopAfterEpoch(L.Callback):
             trainer.should_stop = True
 
 
-def block_grads(net, x: torch.Tensor, y: torch.Tensor, target: int, silence_others: bool) -> list[torch.Tensor]:
-    """Block ``target``'s gradients from one local step of ``net`` on (x, y); no update is applied.
+def block_grads(net, x, y: torch.Tensor, target: int, silence_others: bool) -> list[torch.Tensor]:
+    """Block ``target``'s gradients after a *whole* local step of ``net`` on (x, y), every later
+    head included; no update is applied.
 
     With ``silence_others`` every other head's loss is multiplied by zero: if block ``target``'s
-    gradients are unchanged, they came from its own head only. Asserts on the way that nothing
-    from head k reaches an earlier block (their gradients were cleared at their own step)."""
-    captured: list[torch.Tensor] = []
+    gradients are unchanged, they came from its own head only. The gradients are read after the
+    last block has run, so a later head that leaked into block ``target`` would show; on the way
+    the other blocks' gradients are cleared at their own step and must stay cleared."""
     if silence_others:
         for j, head in enumerate(net.heads):
             if j != target:
@@ -76,12 +77,41 @@ def block_grads(net, x: torch.Tensor, y: torch.Tensor, target: int, silence_othe
                 head.loss = silenced
 
     def step(k: int) -> None:
-        for earlier in net.blocks[:k]:
-            assert all(p.grad is None for p in earlier.parameters()), f"head {k} leaked into an earlier block"
-        if k == target:
-            captured.extend(p.grad.clone() for p in net.blocks[k].parameters())
-        for p in [*net.blocks[k].parameters(), *net.heads[k].parameters()]:
-            p.grad = None
+        for j, earlier in enumerate(net.blocks[:k]):
+            if j != target:
+                assert all(p.grad is None for p in earlier.parameters()), f"head {k} leaked into block {j}"
+        if k != target:
+            for p in [*net.blocks[k].parameters(), *net.heads[k].parameters()]:
+                p.grad = None
 
     local_step(net, x, y, step=step)
-    return captured
+    return [p.grad.clone() for p in net.blocks[target].parameters()]
+
+
+class SignalAt(L.Callback):
+    """Sends this process ``signal`` (by name) at the start of training batch ``step``, ``times``
+    times: what a user's Ctrl+C or a scheduler's SIGTERM does to a run."""
+
+    def __init__(self, step: int = 3, signal: str = "SIGTERM", times: int = 1) -> None:
+        self.step, self.signal, self.times = step, signal, times
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        import signal as signals
+
+        if trainer.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), getattr(signals, self.signal))
+
+
+class SaveAndStopAt(L.Callback):
+    """Saves ``last.ckpt`` through the run's checkpoint callback after training batch ``step`` and
+    stops there: a mid-epoch checkpoint where no signal can be sent (DDP replicas)."""
+
+    def __init__(self, step: int = 3) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            ckpt = trainer.checkpoint_callback
+            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+            raise SystemExit(0)

@@ -221,3 +221,17 @@ def test_a_failed_run_is_reported_and_the_comparison_marked_incomplete(tmp_path,
     report = (out / "report.md").read_text()
     assert "INCOMPLETE: 1 of 2 planned runs are missing" in report and "out of memory (simulated)" in report
     assert "RuntimeError" in (out / "runs" / "e2e_s0" / "error.txt").read_text()
+
+
+def test_a_base_config_with_num_blocks_auto_plans_each_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    ran: list[list[str]] = []
+
+    def recording_fit(args):
+        ran.append(args)
+        return 1  # nothing written: the comparison reports it, the point is that it planned
+
+    monkeypatch.setattr(compare, "run_fit", recording_fit)
+    rc = compare_main(["--config", BASE, "--grid", "model.method=e2e,local", *FAST, "--model.num_blocks", "auto",
+                       "--model.memory_budget", "4GiB", "--out", str(tmp_path / "out")])
+    assert rc == 1 and [Path(a[a.index("--run_dir") + 1]).name for a in ran] == ["e2e_s0", "local_kauto_glcan_s0"]

@@ -158,3 +158,20 @@ def test_predictor_within_10_percent_of_cuda_max_memory_allocated(tmp_path):
     assert summary["memory_method"] == "torch.cuda.max_memory_allocated"
     predicted = predict(lambda: assemble(cli.model.init_arguments), 256, (3, 32, 32), 10).peak_bytes
     assert summary["peak_memory_bytes"] == pytest.approx(predicted, rel=0.10)
+
+
+def test_memory_json_ratio_is_the_configs_own_method(capsys):
+    """peak_bytes and ratio_to_e2e describe the same method: the config's."""
+    assert main(["memory", "--config", LOCAL_CONFIG, "--model.method", "local_checkpoint", "--data.batch_size", "32",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["config_method"] == "local_checkpoint" and out["peak_bytes"] == out["local_checkpoint_bytes"]
+    assert out["ratio_to_e2e"] == pytest.approx(out["local_checkpoint_bytes"] / out["e2e_bytes"])
+    assert out["ratio_to_e2e"] < out["local_ratio_to_e2e"]
+
+
+@pytest.mark.parametrize("config", [E2E_CONFIG, LOCAL_CONFIG])
+def test_memory_accepts_num_blocks_auto_for_every_method(config, capsys):
+    assert main(["memory", "--config", config, "--model.num_blocks", "auto", "--budget", "2GiB", "--data.batch_size",
+                 "16"]) == 0
+    assert "local K=" in capsys.readouterr().out

@@ -28,6 +28,10 @@ def test_local_learning_deploys_exactly_the_e2e_network(backbone):
     e2e = GLCanModule(method="e2e", **kw).deployable()
     local = GLCanModule(method="local", num_blocks=4, **kw).deployable()
     assert {k: v.shape for k, v in local.state_dict().items()} == {k: v.shape for k, v in e2e.state_dict().items()}
+    # the same function: with E2E's weights, the locally trained network computes E2E's outputs
+    local.load_state_dict(e2e.state_dict())
+    x = torch.randn(3, *SHAPE)
+    assert torch.equal(local(x), e2e(x))
     with_head = GLCanModule(method="local", num_blocks=4, last_head="head", **kw).deployable()
     assert sum(p.numel() for p in with_head.parameters()) != sum(p.numel() for p in e2e.parameters())
 
@@ -112,3 +116,20 @@ def test_num_blocks_auto_may_choose_recomputation_for_accuracy():
     assert fast.hparams.method == "local"
     assert accurate.net.num_blocks <= fast.net.num_blocks
     assert accurate.hparams.num_blocks == accurate.net.num_blocks  # recorded: a checkpoint rebuilds it
+
+
+@pytest.mark.parametrize("plain, recomputed", [("e2e", "e2e_checkpoint"), ("local", "local_checkpoint")])
+def test_recomputation_leaves_batchnorm_statistics_as_a_plain_step_does(plain, recomputed):
+    """The replayed forward of checkpointing must not update BatchNorm's running statistics a
+    second time: after a step, every buffer equals the plain method's."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, *SHAPE, generator=g), torch.randint(0, 10, (8,), generator=g)
+    a, b = _module(plain), _module(recomputed)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.train()
+        local_step(m.net, x, y, step=BlockUpdate(m.build_optimizers()))
+    buffers_a, buffers_b = dict(a.net.named_buffers()), dict(b.net.named_buffers())
+    assert buffers_a.keys() == buffers_b.keys() and any("running_mean" in k for k in buffers_a)
+    for name, value in buffers_a.items():
+        torch.testing.assert_close(buffers_b[name], value, rtol=1e-5, atol=1e-6, msg=name)

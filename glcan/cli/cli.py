@@ -114,6 +114,12 @@ class GLCanCLI(LightningCLI):
         if spec and spec != "last":
             rundir.checkpoint_file(spec)
 
+    def before_instantiate_classes(self) -> None:
+        """``memory --budget``: the budget ``num_blocks: auto`` plans the model for, unless the
+        model names its own."""
+        if self.cfg.get("budget") and self.cfg.model.get("memory_budget") is None:
+            self.cfg.model.memory_budget = self.cfg.budget
+
     def instantiate_classes(self) -> None:
         if self._instantiate:
             super().instantiate_classes()
@@ -135,7 +141,7 @@ class GLCanCLI(LightningCLI):
             self.run = rundir.place(cfg, self.model, self.datamodule)
             path, job, resumed = self.run.path, self.model.hparams.method, self.run.resume_from
             self.config_init[self.subcommand]["ckpt_path"] = str(resumed) if resumed else None
-            name = f"{experiment}-s{cfg.get('seed_everything')}-{self.run.record['wandb_id'][:6]}"
+            name = f"{experiment}-s{cfg.get('seed_everything')}-{self.run.record.get('wandb_id', '')[:6]}"
         else:
             self.ckpt = rundir.eval_checkpoint(cfg, self.model, self.datamodule)
             self.config_init[self.subcommand]["ckpt_path"] = str(self.ckpt)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from glcan.core.build import is_local
 
@@ -41,7 +41,7 @@ class Point:
     seed: int
     overrides: dict[str, str]
     method: str
-    num_blocks: Optional[int]
+    num_blocks: Optional[Union[int, str]]
     head: Optional[str]
     extras: dict[str, str]  # grid keys other than method/num_blocks/head (E2E reference is matched on these)
 
@@ -129,7 +129,8 @@ def expand(opts: Options, base: dict[str, Any]) -> Plan:
         if ident in seen:
             continue
         seen.add(ident)
-        k = int(over.get("model.num_blocks", base["model.num_blocks"])) if is_local(method) else None
+        k = over.get("model.num_blocks", base["model.num_blocks"]) if is_local(method) else None
+        k = int(k) if k not in (None, "auto") else k  # auto: the run plans its own K (local_kauto_...)
         head = over.get("model.head", base["model.head"]) if is_local(method) else None
         extras = {kk: v for kk, v in over.items() if kk not in ("model.method", "model.num_blocks", "model.head")}
         configs.append((over, method, k, head, extras))

@@ -6,9 +6,11 @@ graph is freed) before block k+1's forward starts. That ordering is the whole me
 summing the K losses into one backward gives the same gradients but keeps every block's
 activations alive at once, which saves nothing.
 
-Everything here is plain PyTorch, so the LightningModule, the pipeline workers, the memory
-predictor and the pipeline's timing probe all run exactly the same step and the same block
-update; each only says how to backward and how to step an optimizer.
+Every method runs this step: end-to-end training is the network as one block whose head is the
+backbone's classifier (``e2e_checkpoint`` and ``local_checkpoint`` only recompute inside their
+blocks). Everything here is plain PyTorch, so the LightningModule, the pipeline workers, the
+memory predictor and the benchmarks all run exactly the same step and the same block update;
+each only says how to backward and how to step an optimizer.
 """
 
 from __future__ import annotations
@@ -63,14 +65,6 @@ def local_step(
         step(k)
         results.append((loss.detach(), out.detach()))
     return results
-
-
-def e2e_loss(net: SplitNetwork, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward through every block (no detach) and the last head's loss."""
-    h = x
-    for block in net.blocks:
-        h = block(h)
-    return net.heads[-1].loss(h, y, x)
 
 
 def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> None:

@@ -1,36 +1,63 @@
-"""A shuffling sampler whose order depends only on (seed, epoch).
+"""A shuffling sampler whose order depends only on (seed, epoch), that says where it is, and
+that gives each DDP replica its share.
 
 The training loader is torchdata's ``StatefulDataLoader``, whose state Lightning saves in every
-checkpoint: a run resumed mid-epoch fast-forwards past the batches it already trained on. That
-says *where* in an epoch's order a run is; this sampler says *which* order: epoch e's
-permutation is drawn from ``seed + e`` alone (Lightning calls ``set_epoch`` at the start of every
-epoch, as it does for DistributedSampler), so a run resumed at any point sees the batches an
-uninterrupted run sees. A seeded ``shuffle=True`` would not: its generator advances epoch after
-epoch, and a loader restored from the end of an epoch draws the finished epoch's order again.
+checkpoint. This sampler is part of that state: it records the epoch it is drawing and how many
+indices it has handed out, so a run resumed mid-epoch continues the same order from the same
+place, and one resumed at an epoch's end starts the next epoch. Epoch e's permutation is drawn
+from ``seed + e`` alone (Lightning calls ``set_epoch`` at the start of every epoch, as it does for
+DistributedSampler). A seeded ``shuffle=True`` would not do: its generator advances epoch after
+epoch, and a loader that only counts batches replays them under whatever epoch it was left at.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sized
+import math
+from typing import Any, Iterator, Sized
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
+def replica() -> tuple[int, int]:
+    """(rank, world size) of this process's DDP replica; (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class EpochSeededSampler(Sampler[int]):
-    """A random permutation per epoch, reproducible from ``(seed, epoch)``."""
+    """A random permutation per epoch, reproducible from ``(seed, epoch)``, and resumable."""
 
     def __init__(self, data_source: Sized, seed: int = 0) -> None:
         self.data_source, self.seed, self.epoch = data_source, seed, 0
+        self.position = 0  # indices of this epoch handed out so far
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return math.ceil(len(self.data_source) / replica()[1])
 
     def __iter__(self) -> Iterator[int]:
-        # A generator: the order is drawn at the first index asked for, not when the iterator is
-        # made. A resumed loader makes its iterator before Lightning sets the new epoch.
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=g).tolist()
+        # A generator: the order is drawn at the first index asked for, from the epoch then set.
+        rank, world = replica()
+        start = self.position
+        order = torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        order = order.tolist()
+        order = (order + order[: len(self) * world - len(order)])[rank::world]
+        for i in order[start:]:
+            self.position += 1
+            yield i
+        self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where the saved loader was; after a finished epoch, at the next one's start."""
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0

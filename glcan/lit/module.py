@@ -123,6 +123,7 @@ class GLCanModule(L.LightningModule):
         # One optimizer per block, one backward per block: manual optimization for every method.
         self.automatic_optimization = False
         self._update: Optional[BlockUpdate] = None
+        self._loader_state: Optional[list] = None  # a resumed run's loader position (on_train_start)
 
     @classmethod
     def planned(cls, **arguments: Any) -> "GLCanModule":
@@ -205,6 +206,16 @@ class GLCanModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._update = None  # the trainer's optimizers, fresh for every fit
+        # Where in the epoch a resumed run is: the position of the training sampler, saved with
+        # the loader's state (torchdata's StatefulDataLoader) in the checkpoint. Lightning would
+        # restore it while setting up the data, but the schedule's length (configure_optimizers ->
+        # estimated_stepping_batches) sets the data up before the checkpoint's loops are restored;
+        # the sampler draws its order lazily, so setting its position here is still in time.
+        states, self._loader_state = self._loader_state, None
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        saved = ((states or [{}])[0].get("_sampler_iter_state") or {}).get("sampler_state")
+        if saved is not None and callable(getattr(sampler, "load_state_dict", None)):
+            sampler.load_state_dict(saved)
 
     def _schedulers(self) -> list:
         schedulers = self.lr_schedulers()
@@ -262,6 +273,7 @@ class GLCanModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_matches(self, checkpoint)
+        self._loader_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
         if self._trainer is not None and self.trainer.training:
             unit = "batches" if self.hparams.scheduler_interval == "step" else "epochs"
             check_schedule_length([schedule_length(s) for s in checkpoint.get("lr_schedulers") or []],

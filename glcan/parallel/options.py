@@ -66,4 +66,6 @@ def ddp_trainer_kwargs(parallel: Any) -> dict[str, Any]:
     workers = int(_get(parallel, "workers", 2))
     if workers < 1:
         raise PipelineError(f"parallel.workers must be >= 1, got {workers}")
-    return {"strategy": DDP_STRATEGY, "devices": workers}
+    # glcan's training sampler shards the data itself (and resumes each replica's share exactly);
+    # validation and test see every image on every replica, so each reports the whole set's figures.
+    return {"strategy": DDP_STRATEGY, "devices": workers, "use_distributed_sampler": False}
