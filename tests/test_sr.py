@@ -222,6 +222,21 @@ def test_test_evaluates_every_photograph_of_a_users_folder(trained, tmp_path, ca
     assert record["test/ssim"] == pytest.approx(sum(ssims) / 2, abs=1e-4)
 
 
+def test_test_on_the_training_folder_evaluates_its_test_split_only(trained, capsys):
+    """A folder split at random: `test` on it must not evaluate the photographs it trained on."""
+    root, run = trained
+    assert main(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--logger", "false"]) == 0
+    dm = GLCanDataModule(name="sr_images", root=str(root), val_fraction=0.2, patch_size=24)
+    dm.setup()
+    assert len(dm.test_set.paths) == 1  # the split's one test photograph of five
+    model = GLCanModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+    hr = dm.test_set[0][1][None]
+    with torch.no_grad():
+        sr = model(dm.test_set[0][0][None])
+    expected = float(peak_signal_noise_ratio(sr_eval_view(sr, 2), sr_eval_view(hr, 2), data_range=1.0))
+    assert json.loads((run / "test_last.json").read_text())["test/psnr"] == pytest.approx(expected, abs=1e-3)
+
+
 def test_predict_writes_upscaled_pngs(trained, tmp_path):
     _, run = trained
     mine = tmp_path / "lr"
@@ -241,13 +256,16 @@ def test_the_embedded_split_and_a_train_test_layout(tmp_path):
     x, y = dm.train_set[0]
     assert x.shape == (3, 24, 24) and y.shape == (3, 48, 48)
 
-    for i in range(2):
+    for i in range(3):
         photo(tmp_path / "train" / f"{i}.png", 64, 64, seed=i)
+    for i in range(2):
         photo(tmp_path / "test" / f"t{i}.png", 40, 40, seed=10 + i)
-    dm = GLCanDataModule(name="sr_images", root=str(tmp_path), patch_size=32)
+    dm = GLCanDataModule(name="sr_images", root=str(tmp_path), patch_size=32, val_fraction=0.34)
     dm.setup()
-    assert len(dm.train_set.paths) == 2 and [p.name for p in dm.test_set.paths] == ["t0.png", "t1.png"]
-    assert dm.val_set.paths == dm.test_set.paths  # no val/ folder: val = test
+    assert [p.name for p in dm.test_set.paths] == ["t0.png", "t1.png"]
+    # no val/ folder: validation is held out of train/, never the test photographs
+    assert len(dm.train_set.paths) == 2 and len(dm.val_set.paths) == 1
+    assert not set(dm.val_set.paths) & set(dm.test_set.paths) and not set(dm.val_set.paths) & set(dm.train_set.paths)
     lr, hr = next(iter(dm.test_dataloader()))
     assert lr.shape == (1, 3, 20, 20) and hr.shape == (1, 3, 40, 40)
 

@@ -222,14 +222,17 @@ class GLCanCLI(LightningCLI):
         self._evaluate("validate", model, kwargs)
 
     def test(self, model: GLCanModule, **kwargs: Any) -> None:
-        self.datamodule.evaluate_every_photo()  # super-resolution on a user's folder: every photograph
+        # Super-resolution on a user's folder: every photograph, unless it is the training folder.
+        saved = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
+        self.datamodule.evaluate_every_photo(trained_on=(saved.get("datamodule_hyper_parameters") or {}).get("root"))
         self._evaluate("test", model, kwargs)
 
     def _evaluate(self, stage: str, model: GLCanModule, kwargs: dict[str, Any]) -> None:
         run = self.trainer.test if stage == "test" else self.trainer.validate
         metrics = run(model, **{**kwargs, "verbose": False})[0]
         saved = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
-        record = {"checkpoint": str(self.ckpt), "epochs": int(saved.get("epoch", -1)) + 1,
+        done = saved.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {}).get("processed")
+        record = {"checkpoint": str(self.ckpt), "epochs": int(done if done is not None else saved.get("epoch", -1) + 1),
                   "global_step": saved.get("global_step"), **{k: float(v) for k, v in metrics.items()}}
         path = write_json(rundir.record_dir(self.ckpt) / f"{stage}_{self.ckpt.stem}.json", record)
         prefix, name = "test" if stage == "test" else "val", model.task.metric.name

@@ -15,6 +15,7 @@ step by step, and runs of a comparison at other seeds see other orders over the 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import lightning as L
@@ -238,13 +239,18 @@ class GLCanDataModule(L.LightningDataModule):
             return T.Compose([T.Grayscale(1), inner, *pad, T.ToTensor(), T.Normalize(self.mean, self.std)])
         return pipelines(size, self.mean, self.std, augment=False, hflip=False)[1]
 
-    def evaluate_every_photo(self) -> None:
+    def evaluate_every_photo(self, trained_on: Optional[str] = None) -> None:
         """``train.py test`` on sr_images from a folder: the test set is every photograph under
-        ``root`` (its ``test/`` for a train/test layout), with no split however few there are.
-        Other datasets test on their test split, as before."""
-        if self.name == "sr_images" and self.root != sr_images.EMBEDDED:
-            self.test_every_photo = True
-            self.train_set = self.val_set = self.test_set = None
+        ``root`` (its ``test/`` for a train/test layout), with no split however few there are;
+        unless ``root`` is the folder the model was trained on (``trained_on``), whose test split
+        is used, so that the training photographs are never evaluated. Other datasets test on
+        their test split, as before."""
+        if self.name != "sr_images" or self.root == sr_images.EMBEDDED:
+            return
+        if trained_on is not None and Path(trained_on).expanduser().resolve() == Path(self.root).expanduser().resolve():
+            return
+        self.test_every_photo = True
+        self.train_set = self.val_set = self.test_set = None
 
     def predict_dataloader(self) -> DataLoader:
         """Every image under ``predict_root`` (default ``root``), sorted, through

@@ -81,7 +81,8 @@ def find_classes(folder: Path) -> list[str]:
     empty = [c for c in classes if not _has_image(folder / c)]
     if not classes or len(empty) == len(classes):
         raise DataError(f"data.root '{folder}' contains no class subfolders with images "
-                        "(expected root/<class>/<image>.png|jpg|...)")
+                        "(expected root/<class>/<image>.png|jpg|...; to predict a folder of images, keep "
+                        "data.root on the training data and give the images with --images DIR)")
     if empty:
         raise DataError(f"data.root '{folder}': class folder '{empty[0]}' contains no images")
     if len(classes) == 1:

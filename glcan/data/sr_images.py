@@ -5,11 +5,13 @@ height are first cropped (bottom and right) to multiples of the scale, so that a
 scale does not divide loses at most ``scale - 1`` rows and columns. The low-resolution (LR)
 input is the HR image downscaled by ``scale`` (2, 3 or 4) with
 ``torch.nn.functional.interpolate(mode="bicubic", align_corners=False, antialias=True)``
-(an antialiased bicubic kernel, like MATLAB's ``imresize`` that SR benchmarks use), clamped to
-[0, 1] and rounded to 8 bits, as a saved LR image would be (:func:`bicubic_downscale`: the one
-place LR images are made). Both are RGB in [0, 1], not normalised. The bicubic *upsampling*
-the heads and the baseline metrics use is ``glcan.heads.sr.bicubic_upscale`` (the same
-``interpolate`` without antialiasing).
+(torch's antialiased bicubic kernel, a = -0.75), clamped to [0, 1] and rounded to 8 bits, as a
+saved LR image would be (:func:`bicubic_downscale`: the one place LR images are made). Both are
+RGB in [0, 1], not normalised. The bicubic *upsampling* the heads and the baseline metrics use
+is ``glcan.heads.sr.bicubic_upscale`` (the same ``interpolate`` without antialiasing). **This is
+not MATLAB's ``imresize``** (a = -0.5), which SR papers use to make LR images and their bicubic
+rows: glcan's PSNR figures, bicubic's included, compare with each other, not with published
+tables (every summary names the kernel: ``glcan.heads.sr.BICUBIC_KERNEL``).
 
 **Training** draws ``patches_per_epoch`` random HR patches of ``patch_size`` x ``patch_size``
 per epoch (an image picked uniformly, a position uniformly, aligned with the LR grid so the LR
@@ -24,12 +26,15 @@ batch.
   train: astronaut, motorcycle_left, motorcycle_right, hubble_deep_field, retina, color;
   val: ihc; test: chelsea, coffee, rocket
   (the stereo pair stays together; the test photographs are three distinct natural scenes).
-* a folder with ``train/`` and ``test/`` subfolders (and ``val/``; else val = test): those.
+* a folder with ``train/`` and ``test/`` subfolders (and ``val/``; else validation photographs
+  are held out of ``train/`` by ``val_fraction`` and ``seed``, never taken from ``test/``): those.
 * any other folder: every image under it (any depth, sorted), split by image with a
   permutation drawn from ``seed``: ``max(1, round(n * val_fraction))`` images each for val
   and test, the rest for training (at least 3 images).
-* ``python train.py test`` with a folder evaluates on **every** photograph under it (its
-  ``test/`` folder for the train/test layout): no split, however few images there are.
+* ``python train.py test`` with *another* folder than the model was trained on evaluates
+  **every** photograph under it (its ``test/`` folder for the train/test layout): no split,
+  however few images there are. On the training folder itself it evaluates that folder's test
+  split, never the photographs the model was trained on.
 
 **Bad input**, one line each (:class:`~glcan.data.errors.DataError`): a missing root, a
 folder without photographs, too few images to split, a training image smaller than the patch
@@ -131,7 +136,17 @@ def splits(root: str, seed: int, val_fraction: float) -> dict[str, list[Path]]:
     path = _folder(root)
     train, test, val = path / "train", path / "test", path / "val"
     if train.is_dir() and test.is_dir():
-        return {"train": _photos(train, root), "val": _photos(val, root) if val.is_dir() else _photos(test, root),
+        if val.is_dir():
+            return {"train": _photos(train, root), "val": _photos(val, root), "test": _photos(test, root)}
+        # No val/: validation photographs are held out of train/, never taken from test/ (a
+        # variant chosen on the test photographs would be judged on what chose it).
+        kept = _photos(train, root)
+        n_val = max(1, round(len(kept) * val_fraction))
+        if len(kept) - n_val < 1:
+            raise DataError(f"data.root '{root}': train/ has {len(kept)} photograph(s), too few to hold out validation "
+                            f"photographs from; add a val/ folder or more training photographs")
+        perm = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed)).tolist()
+        return {"train": [kept[i] for i in sorted(perm[n_val:])], "val": [kept[i] for i in sorted(perm[:n_val])],
                 "test": _photos(test, root)}
     if train.is_dir() != test.is_dir():
         have, missing = ("train", "test") if train.is_dir() else ("test", "train")

@@ -34,6 +34,9 @@ from glcan.heads.context_block import ContextBlock, Pooling
 from glcan.heads.registry import _lookup, register_head
 
 SCALES = (2, 3, 4)
+#: How glcan makes LR images and the bicubic baseline, named beside every PSNR it reports:
+#: published SR tables use MATLAB's imresize (a = -0.5), so their bicubic rows differ from ours.
+BICUBIC_KERNEL = "torch bicubic (a = -0.75, antialiased downscaling), not MATLAB imresize (a = -0.5)"
 
 
 def bicubic_upscale(x: torch.Tensor, scale: int) -> torch.Tensor:

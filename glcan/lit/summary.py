@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import lightning as L
 
+from glcan.heads.sr import BICUBIC_KERNEL
+
 
 def _metric(metrics: dict, key: str) -> Optional[float]:
     v = metrics.get(key)
@@ -59,7 +61,7 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
     else:  # super-resolution: PSNR and SSIM beside bicubic's
         results = {"test_psnr": _metric(test_metrics, "test/psnr"), "test_ssim": _metric(test_metrics, "test/ssim"),
                    "bicubic_psnr": _metric(test_metrics, "test/bicubic_psnr"),
-                   "bicubic_ssim": _metric(test_metrics, "test/bicubic_ssim"),
+                   "bicubic_ssim": _metric(test_metrics, "test/bicubic_ssim"), "bicubic_kernel": BICUBIC_KERNEL,
                    "test_loss": _metric(test_metrics, "test/loss"), "block_psnr": blocks}
     val = val_metrics or {}
     results[f"val_{metric}"] = _metric(val, f"val/{metric}")
