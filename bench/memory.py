@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from glcan.io import write_text  # noqa: E402
-from glcan.lit.module import GLCanModule  # noqa: E402
+from glcan.lit.plan import assemble, plan  # noqa: E402
 from glcan.memory.predictor import fake_mode, predict  # noqa: E402
 from glcan.memory.report import largest_unit_footprint  # noqa: E402
 
@@ -137,7 +137,8 @@ def save_cache(path: Path, cache: dict[str, Any]) -> None:
 def measure_row(s: Setting, row: dict[str, Any]) -> dict[str, Any]:
     kwargs = {**module_kwargs(s), **row}
     t0 = time.perf_counter()
-    est = predict(lambda: GLCanModule(**kwargs), s.batch_size, s.image_shape, s.num_classes)
+    args = plan({**kwargs, "image_shape": tuple(s.image_shape)})
+    est = predict(lambda: assemble(args), s.batch_size, s.image_shape, s.num_classes)
     return {**row, "peak_bytes": est.peak_bytes, "parts": est.parts, "boundaries": est.boundaries,
             "num_blocks": est.num_blocks, "peak_block": est.peak_block, "block_peaks": est.block_peaks,
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -146,7 +147,7 @@ def measure_row(s: Setting, row: dict[str, Any]) -> dict[str, Any]:
 def measure_unit(s: Setting) -> dict[str, Any]:
     t0 = time.perf_counter()
     with fake_mode():  # one mode for building the units and measuring them (as memory_report does)
-        units = list(GLCanModule(**module_kwargs(s), method="e2e", num_blocks=1).net.blocks[0])
+        units = list(assemble({**module_kwargs(s), "method": "e2e"}).net.blocks[0])
         index, nbytes = largest_unit_footprint(units, s.image_shape, s.batch_size)
     return {"num_units": len(units), "largest_unit": index, "largest_unit_bytes": nbytes,
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -299,7 +300,7 @@ def render(cmd: str, started: str, cfgs: list[Setting],
         "",
         "- The peak of **tensor bytes** alive at once during a **steady-state training step** (the second of two "
         "steps, so gradients and optimizer state exist), fp32, SGD with momentum (lr 0.1, momentum 0.9), "
-        "as `glcan.memory.predictor.predict` measures it: the GLCanModule, its optimizers and one batch are built "
+        "as `glcan.memory.predictor.predict` measures it: the network, its optimizers and one batch are built "
         "under `FakeTensorMode` (nothing is allocated) and the very step functions training uses run under an exact "
         "tensor-storage tracker. The same code on real tensors is the CPU meter the tests check it against.",
         "- A GPU needs more than this: its CUDA context and cuDNN/cuBLAS workspaces, and the caching allocator's "

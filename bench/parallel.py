@@ -73,7 +73,7 @@ def _own_s() -> float:
 
 
 def bench_arch(arch: str, runs: int, steps: int, tmp: Path) -> dict:
-    split = GLCanModule(backbone=arch, num_blocks=4, split="memory", batch_size=BATCH).net.boundaries
+    split = GLCanModule.planned(backbone=arch, num_blocks=4, split="memory", batch_size=BATCH).net.boundaries
     result: dict = {"arch": arch, "split": split, "steps": steps, "foreign": []}
     grouping = "time"
     result["settings"] = {name: [] for name, _, _ in SETTINGS}

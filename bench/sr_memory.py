@@ -1,6 +1,6 @@
 """Predicted training memory of super-resolution: EDSR E2E vs local learning, side by side.
 
-The same predictor as ``bench/memory.py`` (``glcan.memory.predictor.predict``: the GLCanModule,
+The same predictor as ``bench/memory.py`` (``glcan.memory.predictor.predict``: the network,
 its optimizers and one batch built under FakeTensorMode, the steady-state step measured by the
 exact tensor-storage tracker), for the super-resolution task: EDSR-style backbones, SR heads,
 L1 loss, LR inputs and HR targets of the given patch size, fp32, Adam (EDSR's optimizer: two
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from glcan.io import write_text  # noqa: E402
-from glcan.lit.module import GLCanModule  # noqa: E402
+from glcan.lit.plan import assemble, plan  # noqa: E402
 from glcan.memory.predictor import fake_mode, predict  # noqa: E402
 from glcan.memory.report import largest_unit_footprint  # noqa: E402
 
@@ -67,8 +67,7 @@ SETTINGS = [
 ]
 
 
-def adam(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-4)
+ADAM = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-4}}  # EDSR's optimizer (the state counts)
 
 
 def rows() -> list[dict[str, Any]]:
@@ -83,12 +82,13 @@ def rows() -> list[dict[str, Any]]:
 
 def module_kwargs(s: Setting) -> dict[str, Any]:
     return dict(backbone=s.backbone, task=f"sr_x{s.scale}", num_classes=3, image_shape=s.image_shape,
-                batch_size=s.batch_size, optimizer=adam, head="sr_glcan")
+                batch_size=s.batch_size, optimizer=ADAM, head="sr_glcan")
 
 
 def measure(s: Setting, row: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    est = predict(lambda: GLCanModule(**{**module_kwargs(s), **row}), s.batch_size, s.image_shape, 3)
+    args = plan({**module_kwargs(s), **row})
+    est = predict(lambda: assemble(args), s.batch_size, s.image_shape, 3)
     return {**row, "peak_bytes": est.peak_bytes, "parts": est.parts, "boundaries": est.boundaries,
             "peak_block": est.peak_block, "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -96,7 +96,7 @@ def measure(s: Setting, row: dict[str, Any]) -> dict[str, Any]:
 def floor_bytes(s: Setting, local: dict[str, Any]) -> tuple[int, int, int]:
     """(floor, largest unit index, units): resident bytes + the largest unit's training footprint."""
     with fake_mode():
-        units = list(GLCanModule(**module_kwargs(s), method="e2e").net.blocks[0])
+        units = list(assemble({**module_kwargs(s), "method": "e2e"}).net.blocks[0])
         index, nbytes = largest_unit_footprint(units, s.image_shape, s.batch_size)
     resident = sum(local["parts"].get(c, 0) for c in ("parameters", "optimizer_state", "input"))
     return resident + nbytes, index, len(units)

@@ -9,8 +9,8 @@ Every model starts from the same weights and trains on the same batch.
 
 The step timed is the training step as glcan runs it, without Lightning's loop around it:
 ``local_step`` with the one ``BlockUpdate`` (clip, step, zero) and the per-block torchmetrics
-updates for local methods; forward, ``zero_grad``, backward and step plus the metric update for
-E2E. Lightning adds the same loop overhead to every method.
+updates, for every method (E2E is the network as one block). Lightning adds the same loop
+overhead to every method.
 
 glibc returns E2E's large freed activation buffers to the kernel every step (page faults the
 local methods do not pay); the benchmark therefore runs with MALLOC_TRIM_THRESHOLD_ and
@@ -46,10 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from glcan.core.step import BlockUpdate, e2e_loss, local_step  # noqa: E402
+from glcan.core.step import BlockUpdate, local_step  # noqa: E402
+from glcan.core.timing import Stopwatch, system_busy_s  # noqa: E402
 from glcan.io import write_text  # noqa: E402
 from glcan.lit import GLCanModule  # noqa: E402
-from glcan.lit.callbacks import system_busy_s  # noqa: E402
+from glcan.lit.plan import assemble  # noqa: E402
 from glcan.memory import predict  # noqa: E402
 
 METHODS = [("e2e", "e2e", 1), ("e2e_checkpoint", "e2e_checkpoint", 1)] + \
@@ -65,8 +66,8 @@ class Contender:
     def __init__(self, name: str, method: str, k: int, arch: str, batch: int) -> None:
         torch.manual_seed(0)  # the same backbone weights for every method
         self.name, self.method = name, method
-        self.model = GLCanModule(backbone=arch, method=method, num_blocks=k, batch_size=batch, image_shape=IMAGE,
-                                 num_classes=CLASSES)
+        self.model = GLCanModule.planned(backbone=arch, method=method, num_blocks=k, split="memory", batch_size=batch,
+                                         image_shape=IMAGE, num_classes=CLASSES)
         self.model.train()
         self.optimizers = self.model.build_optimizers()
         self.update = BlockUpdate(self.optimizers)
@@ -75,23 +76,16 @@ class Contender:
         self.wall_ms: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self.model.is_local:
-            results = local_step(self.model.net, x, y, step=self.update)
-        else:
-            loss, logits = e2e_loss(self.model.net, x, y)
-            self.optimizers[0].zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizers[0].step()
-            results = [(loss.detach(), logits.detach())]
+        results = local_step(self.model.net, x, y, step=self.update)
         for metric, (_, logits) in zip(self.metrics, results):
             metric.update(logits, y)
 
     def timed(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
         for _ in range(steps):
-            c0, w0 = time.process_time(), time.perf_counter()
-            self.step(x, y)
-            self.cpu_ms.append((time.process_time() - c0) * 1000)
-            self.wall_ms.append((time.perf_counter() - w0) * 1000)
+            with Stopwatch() as w:
+                self.step(x, y)
+            self.cpu_ms.append(w.cpu_s * 1000)
+            self.wall_ms.append(w.wall_s * 1000)
 
 
 def bench(arch: str, threads: int, batch: int, rounds: int, steps: int) -> dict[str, Any]:
@@ -110,7 +104,8 @@ def bench(arch: str, threads: int, batch: int, rounds: int, steps: int) -> dict[
               ", ".join(f"{c.name} {statistics.median(c.cpu_ms):.0f}" for c in contenders), flush=True)
     wall = time.perf_counter() - t0
     others = None if busy0 is None else max(0.0, ((system_busy_s() or 0) - busy0 - (time.process_time() - own0)) / wall)
-    memory = {c.name: predict(lambda c=c: c.model.rebuild(), batch, IMAGE, CLASSES).peak_bytes for c in contenders}
+    memory = {c.name: predict(lambda c=c: assemble(c.model.init_arguments), batch, IMAGE, CLASSES).peak_bytes
+              for c in contenders}
     return {"arch": arch, "threads": threads, "batch": batch, "rounds": rounds, "steps": steps, "others_cpu": others,
             "cpu_ms": {c.name: statistics.median(c.cpu_ms) for c in contenders},
             "wall_ms": {c.name: statistics.median(c.wall_ms) for c in contenders},
