@@ -51,7 +51,7 @@ def run_once(arch: str, split: list[int], workers: int, threads: int, grouping: 
             "--data.fake_size", str(BATCH * steps), "--model.backbone", arch, "--model.num_blocks", "4",
             "--model.split", json.dumps(split), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
             "--trainer.limit_test_batches", "1", "--logger.enabled", "false", "--parallel.mode", "pipeline",
-            "--parallel.workers", str(workers), "--parallel.threads", str(threads), "--parallel.split", grouping,
+            "--parallel.workers", str(workers), "--parallel.threads", str(threads), "--parallel.grouping", grouping,
             "--run_dir", str(out)]
     busy0, own0, t0 = _busy_s(), _own_s(), time.time()
     if train_py(["fit", *args]) != 0:

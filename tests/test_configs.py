@@ -61,4 +61,4 @@ def test_config_instantiates(config, image_folder, tmp_path):
     assert {"MemoryMeter", "StepTimer", "RunCheckpoint", "LearningRateMonitor"} <= kinds
     if model.hparams.scheduler_interval == "epoch":
         model.trainer = trainer
-        assert model.schedule_length() == trainer.max_epochs  # cosine's T_max comes from the trainer
+        assert model.planned_schedule_length() == trainer.max_epochs  # cosine's T_max comes from the trainer

@@ -26,7 +26,7 @@ from PIL import Image
 from conftest import E2E_CONFIG, LOCAL_CONFIG, ROOT, SHRINK, StopAfterEpoch, fit
 from glcan.lit.plan import assemble
 from glcan.cli import main
-from glcan.cli.rundir import RunDir
+from glcan.lit.rundir import RunDir
 from glcan.data import GLCanDataModule
 from glcan.lit import GLCanModule
 from glcan.memory import predict
@@ -431,5 +431,5 @@ def test_16_the_wandb_summary_holds_the_split_and_how_memory_was_measured(tmp_pa
     monkeypatch.setattr(SafeWandbLogger, "log_summary", lambda self, values: seen.update(values))
     monkeypatch.setenv("WANDB_MODE", "offline")
     fit(LOCAL_CONFIG, tmp_path, "--trainer.limit_train_batches", "4", *FAST, "--logger.enabled", "true")
-    assert seen["model/split"] == str(json.loads((tmp_path / "summary.json").read_text())["split"])
+    assert seen["model/boundaries"] == str(json.loads((tmp_path / "summary.json").read_text())["boundaries"])
     assert "tracker" in seen["memory/method"] and seen["memory/peak_block"] in range(4)

@@ -125,7 +125,7 @@ def test_glcan_head_options(options: dict) -> None:
 
 
 def test_multi_head_attention_pools_each_channel_group_with_its_own_map() -> None:
-    block = ContextBlock(8, heads=2).double()
+    block = ContextBlock(8, attention_heads=2).double()
     x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
     attn = block.attention(x)  # N x 2 x HW
     assert attn.shape == (3, 2, 20) and torch.allclose(attn.sum(-1), torch.ones(3, 2, dtype=torch.float64))

@@ -138,7 +138,7 @@ def test_torchrun_gives_the_same_weights(pipeline_run, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     run_dir = tmp_path / "run"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_port()), str(ROOT / "train.py"), "fit",
-           *RUN, *PIPE, "--parallel.split", "[1]", "--run_dir", str(run_dir)]
+           *RUN, *PIPE, "--parallel.grouping", "[1]", "--run_dir", str(run_dir)]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = _ckpt(run_dir / "checkpoints/last.ckpt"), _ckpt(pipeline_run / "checkpoints/last.ckpt")
@@ -151,7 +151,7 @@ def test_torchrun_gives_the_same_weights(pipeline_run, tmp_path):
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_run_and_the_last_checkpoint_stays(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _train_py(*RUN, *PIPE, "--parallel.split", "[2]", "--trainer.max_epochs", "1000", "--run_dir",
+    proc = _train_py(*RUN, *PIPE, "--parallel.grouping", "[2]", "--trainer.max_epochs", "1000", "--run_dir",
                      str(run_dir), env=_env())
     try:
         _wait_for(run_dir / "checkpoints/last.ckpt", [proc])
@@ -180,7 +180,7 @@ def test_a_hung_worker_is_noticed_by_its_neighbour_within_the_timeout(tmp_path):
     """Launched torchrun-style (no supervising parent): worker 0 freezes, worker 1 stops by itself."""
     run_dir, port = tmp_path / "run", str(_port())
     procs = [
-        _train_py(*RUN, *PIPE, "--parallel.split", "[2]", "--parallel.timeout", "5", "--trainer.max_epochs", "1000",
+        _train_py(*RUN, *PIPE, "--parallel.grouping", "[2]", "--parallel.timeout", "5", "--trainer.max_epochs", "1000",
                   "--run_dir", str(run_dir),
                   env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": port})
@@ -207,7 +207,7 @@ def test_bad_pipeline_settings_are_refused_in_one_line(tmp_path, capsys):
         (["--model.head", "infopro"], "model.head=infopro"),
         (["--parallel.workers", "5"], "parallel.workers=5 must be between 1 and model.num_blocks=4"),
         (["--model.method", "e2e"], "trains model.method=local"),
-        (["--parallel.split", "[3, 1]"], "parallel.split [3, 1]"),
+        (["--parallel.grouping", "[3, 1]"], "parallel.grouping [3, 1]"),
     ]
     for extra, message in cases:
         assert main(["fit", *RUN, *PIPE, "--run_dir", str(tmp_path / "x"), *extra]) == 2

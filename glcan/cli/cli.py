@@ -6,7 +6,7 @@ seeds, and runs the Trainer method of the subcommand. glcan adds only what is it
 
 - the model is *planned, then built* (``GLCanModule.planned``: ``split: memory``,
   ``num_blocks: auto``), through a jsonargparse instantiator;
-- ``fit`` writes into a run directory it places and locks (glcan.cli.rundir; ``--ckpt_path
+- ``fit`` writes into a run directory it places and locks (glcan.lit.rundir; ``--ckpt_path
   last`` resumes the latest run of the same experiment in place), attaches the CSV and W&B
   loggers there, trains (in this process, DDP, or pipeline workers), then tests and writes
   summary.json; Ctrl+C or SIGTERM leaves a checkpoint and the command that resumes;
@@ -27,7 +27,7 @@ import torch
 from jsonargparse import Namespace, namespace_to_dict
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from glcan.cli import rundir
+from glcan.lit import rundir
 from glcan.data import GLCanDataModule
 from glcan.data.sr_images import write_upscaled
 from glcan.io import write_csv, write_json
@@ -37,6 +37,7 @@ from glcan.lit.checks import ConfigError
 from glcan.lit.loggers import (WandbOptions, build_loggers, finish_wandb, run_config, wandb_options, wandb_run_dir,
                                wandb_sync_hint)
 from glcan.lit.summary import build_summary, measured_by_callbacks, stage_metrics, summary_line
+from glcan.parallel.launch import fit_pipeline
 from glcan.parallel.options import ParallelOptions, ddp_trainer_kwargs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -165,9 +166,8 @@ class GLCanCLI(LightningCLI):
         self.run.acquire()
         try:
             if self.cfg.parallel.mode == "pipeline":
-                from glcan.cli.pipeline import fit_pipeline  # the pipeline's launcher (its own processes)
-
-                self.exit_code = fit_pipeline(self, self.run)
+                self.exit_code = fit_pipeline(model, self.datamodule, self.trainer, self.cfg, self.run,
+                                              self._parser("fit").dump(self.cfg, skip_none=False))
                 return
             try:
                 self.trainer.fit(model, **kwargs)

@@ -22,7 +22,7 @@ import docstring_parser
 import yaml
 
 from glcan.cli.cli import CONFIGS
-from glcan.cli.rundir import checkpoint_file, run_config_of
+from glcan.lit.rundir import checkpoint_file, run_config_of
 from glcan.data import GLCanDataModule
 from glcan.lit import GLCanModule
 from glcan.lit.loggers import WandbOptions

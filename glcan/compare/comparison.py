@@ -74,7 +74,7 @@ def run_comparison(opts: Options, plan: Plan, logger_options: Any, command: str,
     runs = results.collect(out, plan.points, outcomes)
     baseline = tuple(opts.baseline.split("=", 1)) if opts.baseline else None
     groups = results.group_runs(runs, baseline)
-    results.write_csv(out / "comparison.csv", runs, [k for k, _ in plan.grid])
+    results.write_comparison_csv(out / "comparison.csv", runs, [k for k, _ in plan.grid])
     try:
         pngs = plots.draw_all(out, groups, runs)
     except Exception as e:  # noqa: BLE001 - the table and CSV are worth more than a plot

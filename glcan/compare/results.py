@@ -27,7 +27,7 @@ from glcan.compare.grid import STRUCTURAL, Point
 from glcan.compare.runner import SUMMARY, Outcome, run_dir
 from glcan.core.build import is_local
 from glcan.core.task import METRICS, Metric
-from glcan.io import write_csv as write_csv_file
+from glcan.io import write_csv
 
 MIB = 2**20
 LOAD_LIMIT = 0.25  # cores used by other processes above which a time is "measured under load"
@@ -233,7 +233,7 @@ def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def write_csv(path: Path, runs: list[Run], grid_keys: list[str]) -> Path:
+def write_comparison_csv(path: Path, runs: list[Run], grid_keys: list[str]) -> Path:
     rows, columns = [], ["run_id", "status", *grid_keys]
     for r in runs:
         row = {"run_id": r.point.run_id, "status": r.status, **{k: r.point.overrides.get(k, "") for k in grid_keys}}
@@ -242,5 +242,5 @@ def write_csv(path: Path, runs: list[Run], grid_keys: list[str]) -> Path:
             row["error"] = r.error
         rows.append(row)
         columns += [c for c in row if c not in columns]
-    write_csv_file(path, rows, columns)
+    write_csv(path, rows, columns)
     return path

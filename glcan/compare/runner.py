@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from glcan.compare.grid import Point
+from glcan.lit.loggers import finish_wandb
 
 SUMMARY = "summary.json"
 ERROR = "error.txt"
@@ -42,17 +43,6 @@ class Outcome:
 
 def run_dir(out: Path, point: Point) -> Path:
     return out / "runs" / point.run_id
-
-
-def finish_wandb(exit_code: int = 0) -> None:
-    """End the current W&B run, if any; never raises."""
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
-    except Exception:  # noqa: BLE001 - W&B trouble must not stop the comparison
-        pass
 
 
 def fit_args(point: Point, fixed: list[str], out: Path, comparison_id: str, resume: bool = False) -> list[str]:
@@ -110,7 +100,7 @@ def run_all(
             rd.mkdir(parents=True, exist_ok=True)
             (rd / ERROR).write_text(traceback.format_exc())
         finally:
-            finish_wandb(code)
+            finish_wandb(None, code)
         outcome.seconds = time.perf_counter() - start
         outcomes[id(point)] = outcome
         if outcome.status != "ok":

@@ -69,8 +69,9 @@ class ContextBlock(nn.Module):
             (``target * 2*sigmoid(t_gate) + t_shift``).
         out_channels: channels of the transform's output, hence of the fusion target
             (default ``channels``, fusing back into the input itself).
-        heads: attention heads of the ``gc`` pooling: channel group g (of C/heads channels) is
-            pooled with its own attention map (multi-head attention pooling); 1 is GCNet's.
+        attention_heads: attention heads of the ``gc`` pooling: channel group g (of C/heads
+            channels) is pooled with its own attention map (multi-head attention pooling); 1 is
+            GCNet's. (Not the auxiliary heads of glcan's blocks.)
         transform: False builds the pooling only (no transform, no fusion).
 
     Raises:
@@ -84,7 +85,7 @@ class ContextBlock(nn.Module):
         pooling: Pooling = "gc",
         fusion: Fusion = "add",
         out_channels: Optional[int] = None,
-        heads: int = 1,
+        attention_heads: int = 1,
         transform: bool = True,
     ) -> None:
         super().__init__()
@@ -99,14 +100,14 @@ class ContextBlock(nn.Module):
         out = channels if out_channels is None else out_channels
         if out < 1:
             raise ValueError(f"ContextBlock out_channels must be >= 1, got {out}")
-        if heads < 1 or channels % heads:
-            raise ValueError(f"ContextBlock heads must divide the {channels} channels, got {heads}")
+        if attention_heads < 1 or channels % attention_heads:
+            raise ValueError(f"ContextBlock attention_heads must divide the {channels} channels, got {attention_heads}")
         self.channels, self.out_channels = channels, out
-        self.pooling, self.fusion, self.heads = pooling, fusion, heads
+        self.pooling, self.fusion, self.attention_heads = pooling, fusion, attention_heads
         mid = bottleneck_width(channels, ratio)
         # The attention mask: one score per position and head. "avg" keeps it frozen at zero
         # (uniform weights: the mean), so both poolings run the same code.
-        self.mask = nn.Conv2d(channels, heads, kernel_size=1) if pooling in ("gc", "avg") else None
+        self.mask = nn.Conv2d(channels, attention_heads, kernel_size=1) if pooling in ("gc", "avg") else None
         if pooling == "avg":
             nn.init.zeros_(self.mask.weight)
             nn.init.zeros_(self.mask.bias)
@@ -161,7 +162,7 @@ class ContextBlock(nn.Module):
         if self.pooling == "max":
             return x.amax(dim=(2, 3), keepdim=True)
         weights = self.attention(x)  # N x A x HW
-        n, c, a = x.shape[0], x.shape[1], self.heads
+        n, c, a = x.shape[0], x.shape[1], self.attention_heads
         if a == 1:  # (N x C x HW) @ (N x HW x 1): one batched matmul, counted by FLOP counters.
             return torch.matmul(x.flatten(2), weights.transpose(1, 2)).unsqueeze(-1)
         # Multi-head: channel group g is pooled with head g's attention map.

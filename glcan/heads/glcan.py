@@ -164,7 +164,7 @@ class GLCanHead(AuxHead):
         self.local_path, self.context_in_classifier = local_path, context_in_classifier
         self.local = nn.Sequential(nn.Conv2d(c, w, kernel_size=1, bias=False), nn.BatchNorm2d(w)) if local_path else None
         self.context_block = ContextBlock(c, ratio=ratio, pooling=pooling, fusion=fusion, out_channels=w,
-                                          heads=attention_heads, transform=local_path)
+                                          attention_heads=attention_heads, transform=local_path)
         # The second fusion, into the pooled input (C channels), shares the pooled context.
         self.input_fusion = ContextBlock(c, ratio=ratio, pooling="avg", fusion="add") if fuse_input else None
         self.act = nn.ReLU(inplace=True)  # acts on the fusion's fresh output
@@ -187,7 +187,7 @@ class GLCanHead(AuxHead):
             (fused N x w x p x p, context N x C x 1 x 1).
         """
         cb = self.context_block
-        if cb.mask is not None and cb.heads == 1:  # gc or avg (frozen scores): both poolings in one op, one-buffer backward
+        if cb.mask is not None and cb.attention_heads == 1:  # gc or avg (frozen scores): both poolings in one op, one-buffer backward
             ctx, pooled = _ReadOnce.apply(h, cb.mask.weight, cb.mask.bias, self.pool_hw)
         else:
             ctx, pooled = cb.context(h), self.pool(h)

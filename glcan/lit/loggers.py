@@ -220,16 +220,26 @@ def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def finish_wandb(loggers: list, code: int) -> None:
-    """End this command's W&B run (marked failed unless it finished)."""
-    for lg in loggers or []:
-        if isinstance(lg, SafeWandbLogger):
-            lg.finish(code)
+def finish_wandb(loggers: Optional[list], code: int = 0) -> None:
+    """End this command's W&B run (marked failed unless it finished): the loggers' own, or with
+    ``loggers=None`` whatever W&B run is current (between the runs of a comparison). Never raises."""
+    if loggers is not None:
+        for lg in loggers:
+            if isinstance(lg, SafeWandbLogger):
+                lg.finish(code)
+        return
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=code)
+    except Exception:  # noqa: BLE001 - W&B trouble must not stop a comparison
+        pass
 
 
 SUMMARY_KEYS = {"test/acc": "test_acc", "memory/peak_bytes": "peak_memory_bytes", "memory/method": "memory_method",
                 "memory/peak_block": "memory_peak_block", "time/step_ms": "step_time_ms",
-                "time/step_cpu_ms": "step_cpu_ms", "time/threads": "threads", "model/split": "split",
+                "time/step_cpu_ms": "step_cpu_ms", "time/threads": "threads", "model/boundaries": "boundaries",
                 "model/params": "params", "model/head_params": "head_params", "test/psnr": "test_psnr",
                 "test/ssim": "test_ssim", "test/bicubic_psnr": "bicubic_psnr", "test/bicubic_ssim": "bicubic_ssim"}
 
@@ -237,8 +247,8 @@ SUMMARY_KEYS = {"test/acc": "test_acc", "memory/peak_bytes": "peak_memory_bytes"
 def log_summary(loggers: list, summary: dict[str, Any]) -> None:
     """The run's final figures as W&B summary metrics."""
     values = {k: summary[v] for k, v in SUMMARY_KEYS.items() if summary.get(v) is not None}
-    if "model/split" in values:
-        values["model/split"] = str(values["model/split"])
+    if "model/boundaries" in values:
+        values["model/boundaries"] = str(values["model/boundaries"])
     for lg in loggers:
         if isinstance(lg, SafeWandbLogger):
             lg.log_summary(values)

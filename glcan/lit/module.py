@@ -228,7 +228,7 @@ class GLCanModule(L.LightningModule):
         """One optimizer per block (over the block and its head); E2E has one block."""
         return block_optimizers(self.net, self.optimizer_spec, self.hparams.block_lr_scale)
 
-    def schedule_length(self) -> Optional[int]:
+    def planned_schedule_length(self) -> Optional[int]:
         """Scheduler steps in this run: batches (``scheduler_interval: step``) or epochs."""
         trainer = self._trainer
         if trainer is None:
@@ -239,7 +239,7 @@ class GLCanModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optimizer_configs(self.build_optimizers(), self.scheduler_spec, self.hparams.scheduler_interval,
-                                 self.schedule_length())
+                                 self.planned_schedule_length())
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Any, stage: str) -> None:
@@ -277,4 +277,4 @@ class GLCanModule(L.LightningModule):
         if self._trainer is not None and self.trainer.training:
             unit = "batches" if self.hparams.scheduler_interval == "step" else "epochs"
             check_schedule_length([schedule_length(s) for s in checkpoint.get("lr_schedulers") or []],
-                                  self.schedule_length(), unit)
+                                  self.planned_schedule_length(), unit)

@@ -270,7 +270,7 @@ def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_
         "floor_unit": unit_index,
         "local_to_floor": local.peak_bytes / floor,
         "num_blocks": local.num_blocks,
-        "split": local.boundaries,
+        "boundaries": local.boundaries,
         "peak_block": local.peak_block,
         "block_peaks": local.block_peaks,
         "parts": own.parts,

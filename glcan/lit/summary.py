@@ -75,7 +75,7 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
         "dataset": getattr(datamodule, "name", None),
         "num_blocks": k,
         "head": h.head if local else None,
-        "split": list(module.net.boundaries),
+        "boundaries": list(module.net.boundaries),
         "epochs": epochs,
         "global_step": global_step,
         "seed": seed,

@@ -29,7 +29,7 @@ def measurements(record: dict[str, Any], job: Any) -> dict[str, Any]:
         "peak_memory_bytes": max((p for p in peaks if p is not None), default=None),
         "memory_method": CUDA_METHOD if job.device_type == "cuda" else CPU_METHOD,
         "parallel": "pipeline", "workers": job.workers, "worker_blocks": job.groups, "depth": job.depth,
-        "threads": job.threads or 1, "device": job.device_type, "split_workers": job.split,
+        "threads": job.threads or 1, "device": job.device_type, "grouping": job.grouping,
         "group_cost_ms": job.group_cost_ms,
         "throughput_img_s": thr,
         "throughput_img_s_overall": stats[-1]["images"] / (end - start) if end > start else None,

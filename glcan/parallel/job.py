@@ -2,7 +2,7 @@
 
 Grouping. A pipeline runs at the pace of its slowest worker, so blocks are grouped by *time*,
 not memory: the reference measurements (docs/parallel.md) show the early high-resolution
-blocks cost far more time than their share of memory or FLOPs suggests. ``split=time`` times
+blocks cost far more time than their share of memory or FLOPs suggests. ``grouping=time`` times
 a few local steps of a copy of the network, block by block (forward, head, backward,
 optimizer step) with the workers' thread count, adds worker 0's data-loading time to block 0,
 and picks the contiguous grouping that minimises the slowest group (the exact dynamic
@@ -49,7 +49,7 @@ class Job:
     precision: str = "32-true"
     device_type: str = "cpu"
     seed: Optional[int] = None
-    split: Any = "time"
+    grouping: Any = "time"
     group_cost_ms: Optional[list[float]] = None
     init_method: str = "env://"
     spawned: bool = False
@@ -159,17 +159,17 @@ def data_time_ms(datamodule: Any, batches: int = 2) -> float:
     return statistics.median(times) if times else 0.0
 
 
-def group_blocks(num_blocks: int, workers: int, split: Any, costs: Optional[Sequence[float]] = None) -> list[list[int]]:
-    """Contiguous groups of block indices, one per worker (``split``: time, blocks or the first
+def group_blocks(num_blocks: int, workers: int, grouping: Any, costs: Optional[Sequence[float]] = None) -> list[list[int]]:
+    """Contiguous groups of block indices, one per worker (``grouping``: time, blocks or the first
     block of every worker after the first)."""
     if not 1 <= workers <= num_blocks:
         raise PipelineError(f"parallel.workers={workers} must be between 1 and model.num_blocks={num_blocks}")
-    if isinstance(split, (list, tuple)):
-        starts = [int(b) for b in split]
+    if isinstance(grouping, (list, tuple)):
+        starts = [int(b) for b in grouping]
         if len(starts) != workers - 1 or starts != sorted(set(starts)) or (starts and not 0 < starts[0] <= starts[-1] < num_blocks):
-            raise PipelineError(f"parallel.split {starts} must list the first block of workers 1..{workers - 1}: "
+            raise PipelineError(f"parallel.grouping {starts} must list the first block of workers 1..{workers - 1}: "
                                 f"{workers - 1} increasing indices in 1..{num_blocks - 1}")
-    elif split == "blocks" or costs is None:
+    elif grouping == "blocks" or costs is None:
         base, extra = divmod(num_blocks, workers)
         sizes = [base + (1 if w < extra else 0) for w in range(workers)]
         starts = [sum(sizes[:w]) for w in range(1, workers)]
@@ -225,10 +225,10 @@ def build_job(model: Any, datamodule: Any, trainer: Any, opts: Any, seed: Option
     length = total if model.hparams.scheduler_interval == "step" else (max_epochs if max_epochs != -1 else None)
     job = Job(model=model, datamodule=datamodule, groups=[], run_dir=run_dir, workers=workers, depth=opts.depth,
               threads=opts.threads, timeout=opts.timeout, max_epochs=max_epochs, max_steps=trainer.max_steps or -1,
-              total_steps=length, precision=str(trainer.precision), device_type=device, seed=seed, split=opts.split,
+              total_steps=length, precision=str(trainer.precision), device_type=device, seed=seed, grouping=opts.grouping,
               extra={"per_epoch": per_epoch, "rng_state": rng,
                      "block_shapes": probe_shapes(model.net.blocks, datamodule.image_shape)})
-    group_blocks(model.net.num_blocks, workers, opts.split)  # validates before any work
+    group_blocks(model.net.num_blocks, workers, opts.grouping)  # validates before any work
     if plan:
         for what in ("optimizer", "scheduler"):  # spawned workers receive the model by pickle
             spec = getattr(model, f"{what}_spec")
@@ -245,8 +245,8 @@ def build_job(model: Any, datamodule: Any, trainer: Any, opts: Any, seed: Option
 
 def _groups(job: Job) -> tuple[list[list[int]], Optional[list[float]]]:
     model, dm, k = job.model, job.datamodule, job.model.net.num_blocks
-    if job.split != "time" or job.workers == 1:
-        return group_blocks(k, job.workers, job.split), None
+    if job.grouping != "time" or job.workers == 1:
+        return group_blocks(k, job.workers, job.grouping), None
     device = torch.device("cuda", 0) if job.device_type == "cuda" else torch.device("cpu")
     costs = block_times_ms(model, dm.batch_size, dm.image_shape, dm.num_classes, device, job.threads or 1)
     costs[0] += data_time_ms(dm)  # worker 0 also loads the data

@@ -31,7 +31,7 @@ class ParallelOptions:
         depth: pipeline only: sends a worker may have in flight before it waits for its
             successor (bounds the activations queued between two workers).
         threads: pipeline only: torch threads per worker (default 1 on CPU).
-        split: pipeline only: where the blocks are cut into worker groups: ``time`` (measured
+        grouping: pipeline only: how the blocks are grouped into workers: ``time`` (measured
             time per block plus data loading, the slowest group minimised), ``blocks`` (equal
             block counts) or an explicit list: the first block of every worker after the first.
         timeout: pipeline only: seconds a worker waits on a silent neighbour before it stops.
@@ -41,7 +41,7 @@ class ParallelOptions:
     workers: int = 2
     depth: int = 2
     threads: Optional[int] = None
-    split: Union[Literal["time", "blocks"], list[int]] = "time"
+    grouping: Union[Literal["time", "blocks"], list[int]] = "time"
     timeout: float = 120.0
 
 
