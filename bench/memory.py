@@ -49,12 +49,12 @@ from glcan.memory.predictor import fake_mode, predict  # noqa: E402
 from glcan.memory.report import largest_unit_footprint  # noqa: E402
 
 GiB = 2**30
-CACHE_VERSION = 2  # 2: last block through the backbone's classifier; local_checkpoint rows
+CACHE_VERSION = 2  # 2: last block through the backbone's classifier; local_recompute rows
 
 # Published GPU figures for ResNet-110 on CIFAR-10, batch 1024 (InfoPro, Wang et al., ICLR 2021).
 PUBLISHED = {"e2e_gb": 9.40, "infopro_k4_gb": 3.52, "checkpoint_gb": 3.91}
 TARGETS = {("local", 4): 0.28, ("local", 16): 0.10,  # / E2E, ResNet-110, batch 1024, GLCAN heads, memory split
-           ("local_checkpoint", 4): 0.12, ("local_checkpoint", 16): 0.065}
+           ("local_recompute", 4): 0.12, ("local_recompute", 16): 0.065}
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,12 @@ def module_kwargs(s: Setting) -> dict[str, Any]:
 
 
 def rows_of(s: Setting, num_units: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = [dict(method="e2e"), dict(method="e2e_checkpoint")]
+    rows: list[dict[str, Any]] = [dict(method="e2e"), dict(method="e2e_recompute")]
     for k in sorted({k for k in s.ks if k <= num_units} | {num_units}):
         for split in ("uniform", "memory"):
             for head in ("linear", "glcan"):
                 rows.append(dict(method="local", num_blocks=k, split=split, head=head))
-        rows.append(dict(method="local_checkpoint", num_blocks=k, split="memory", head="glcan"))
+        rows.append(dict(method="local_recompute", num_blocks=k, split="memory", head="glcan"))
     return rows
 
 
@@ -168,7 +168,7 @@ def resident(r: dict[str, Any]) -> int:
 def row_label(row: dict[str, Any], num_units: Optional[int]) -> tuple[str, str, str, str]:
     if row["method"] == "e2e":
         return "E2E", "", "", ""
-    if row["method"] == "e2e_checkpoint":
+    if row["method"] == "e2e_recompute":
         return "E2E + checkpointing (per unit)", "", "", ""
     k = row["num_blocks"]
     kk = f"{k} (one unit per block)" if k == num_units else str(k)
@@ -214,7 +214,7 @@ def targets_section(cache: dict[str, Any]) -> list[str]:
     s = Setting("resnet110", "", (3, 32, 32), 10, 1024, ())
     rows = cache["rows"]
     e2e = rows.get(row_key(s, {"method": "e2e"}))
-    ckpt = rows.get(row_key(s, {"method": "e2e_checkpoint"}))
+    ckpt = rows.get(row_key(s, {"method": "e2e_recompute"}))
     out = ["## Targets", "",
            "ResNet-110, CIFAR (3x32x32, 10 classes), batch 1024, fp32, SGD momentum, GLCAN heads (the last block "
            "through the backbone's classifier) + memory split.", "",
@@ -232,7 +232,7 @@ def targets_section(cache: dict[str, Any]) -> list[str]:
         out.append(f"| {method} K={k}: <= {goal} | {ratio:.4f} | {gib(r['peak_bytes'])} | {gib(e2e['peak_bytes'])} | "
                    f"{floor} | {status} |")
     if ckpt and e2e:
-        out.append(f"| local_checkpoint K=4: <= half of E2E with checkpointing ({ckpt['peak_bytes'] / e2e['peak_bytes'] / 2:.3f}) "
+        out.append(f"| local_recompute K=4: <= half of E2E with checkpointing ({ckpt['peak_bytes'] / e2e['peak_bytes'] / 2:.3f}) "
                    "| see above | | | | |")
     out.append("")
     pub_info = PUBLISHED["infopro_k4_gb"] / PUBLISHED["e2e_gb"]
@@ -311,7 +311,7 @@ def render(cmd: str, started: str, cfgs: list[Setting],
         "(`linear` or `glcan`), the last through the backbone's own classifier (the deployed network is E2E's); "
         "`uniform` splits give each block the same number of units, `memory` splits balance the predicted "
         "per-block peak (computed at the same batch size as predicted).",
-        "- **local_checkpoint**: local learning with per-unit checkpointing inside every block (memory split "
+        "- **local_recompute**: local learning with per-unit checkpointing inside every block (memory split "
         "balanced for it): between local learning and checkpointing, less memory than either, at "
         "checkpointing's recomputation cost.",
         "- **/ floor**: the row's peak over its floor = the row's resident bytes (parameters, incl. heads, + "

@@ -142,8 +142,8 @@ def render(summaries: list[dict[str, Any]], seconds: dict[str, float], command: 
         "| method | predicted peak (MiB) | / E2E |", "|---|---:|---:|",
         f"| E2E | {predicted['e2e'] / MiB:.1f} | 1.000 |",
         f"| local K=4 | {predicted['local'] / MiB:.1f} | {predicted['local'] / predicted['e2e']:.3f} |",
-        f"| local_checkpoint K=4 | {predicted['local_checkpoint'] / MiB:.1f} | "
-        f"{predicted['local_checkpoint'] / predicted['e2e']:.3f} |",
+        f"| local_recompute K=4 | {predicted['local_recompute'] / MiB:.1f} | "
+        f"{predicted['local_recompute'] / predicted['e2e']:.3f} |",
         f"| local K=8 | {predicted['local_k8'] / MiB:.1f} | {predicted['local_k8'] / predicted['e2e']:.3f} |",
         "",
         "## Targets", "", "| target | reached | status |", "|---|---|---|",
@@ -169,7 +169,7 @@ def render(summaries: list[dict[str, Any]], seconds: dict[str, float], command: 
         f"here, a much smaller network trained for minutes on 6 photographs, the gap is {gap:.2f} dB. "
         + (f"The memory target is missed at K=4: every block's head makes an HR image and the last block carries "
            f"EDSR's tail at HR, on top of a quarter of the units each. Local learning with per-unit "
-           f"recomputation (`local_checkpoint`) reaches {predicted['local_checkpoint'] / predicted['e2e']:.3f} at "
+           f"recomputation (`local_recompute`) reaches {predicted['local_recompute'] / predicted['e2e']:.3f} at "
            f"K=4 and plain local learning {predicted['local_k8'] / predicted['e2e']:.3f} at K=8 "
            "(docs/benchmarks/memory_sr.md)." if mem > TARGETS["memory"] else ""), "",
         "## Plots", "",
@@ -195,9 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     summaries, seconds, command = compare(args.out, args.fresh)
     s = Setting("edsr_baseline", 2, 96)
     local, e2e = ratio(s, "local", 4)
-    local_ckpt, _ = ratio(s, "local_checkpoint", 4)
+    local_ckpt, _ = ratio(s, "local_recompute", 4)
     local_k8, _ = ratio(s, "local", 8)
-    predicted = {"e2e": e2e, "local": local, "local_checkpoint": local_ckpt, "local_k8": local_k8}
+    predicted = {"e2e": e2e, "local": local, "local_recompute": local_ckpt, "local_k8": local_k8}
     write_text(args.doc, render(summaries, seconds, command, predicted, cmd, args.out) + "\n")
     plots = args.doc.parent / "results_sr"
     plots.mkdir(parents=True, exist_ok=True)

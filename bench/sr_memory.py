@@ -71,12 +71,12 @@ ADAM = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-4}}  # EDSR's o
 
 
 def rows() -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [dict(method="e2e"), dict(method="e2e_checkpoint")]
+    out: list[dict[str, Any]] = [dict(method="e2e"), dict(method="e2e_recompute")]
     for k in (4, 8):
         for split in ("uniform", "memory"):
             for head in ("sr_conv", "sr_glcan"):
                 out.append(dict(method="local", num_blocks=k, split=split, head=head))
-        out.append(dict(method="local_checkpoint", num_blocks=k, split="memory", head="sr_glcan"))
+        out.append(dict(method="local_recompute", num_blocks=k, split="memory", head="sr_glcan"))
     return out
 
 

@@ -53,10 +53,10 @@ from glcan.lit import GLCanModule  # noqa: E402
 from glcan.lit.plan import assemble  # noqa: E402
 from glcan.memory import predict  # noqa: E402
 
-METHODS = [("e2e", "e2e", 1), ("e2e_checkpoint", "e2e_checkpoint", 1)] + \
+METHODS = [("e2e", "e2e", 1), ("e2e_recompute", "e2e_recompute", 1)] + \
           [(f"local K={k}", "local", k) for k in (2, 4, 8, 16)] + \
-          [(f"local_checkpoint K={k}", "local_checkpoint", k) for k in (4, 16)]
-TARGETS = [("local K=4", "e2e", 1.03), ("local K=16", "e2e", 1.08), ("local K=4", "e2e_checkpoint", 0.85)]
+          [(f"local_recompute K={k}", "local_recompute", k) for k in (4, 16)]
+TARGETS = [("local K=4", "e2e", 1.03), ("local K=16", "e2e", 1.08), ("local K=4", "e2e_recompute", 0.85)]
 IMAGE, CLASSES = (3, 32, 32), 10
 
 
@@ -114,7 +114,7 @@ def bench(arch: str, threads: int, batch: int, rounds: int, steps: int) -> dict[
 
 
 def table(r: dict[str, Any]) -> list[str]:
-    e2e, ckpt = r["cpu_ms"]["e2e"], r["cpu_ms"]["e2e_checkpoint"]
+    e2e, ckpt = r["cpu_ms"]["e2e"], r["cpu_ms"]["e2e_recompute"]
     mem_e2e = r["memory"]["e2e"]
     lines = [f"### {r['arch']}, batch {r['batch']}, {r['threads']} thread(s)", "",
              "| method | CPU ms / step | CPU / E2E | CPU / E2E checkpointed | wall ms / step | min-max CPU ms | "

@@ -2,7 +2,7 @@
 
 The stable Python API (see docs/guide.md):
 
-- ``GLCanModule``: the LightningModule for ``method`` = e2e | e2e_checkpoint | local, from a
+- ``GLCanModule``: the LightningModule for ``method`` = e2e | e2e_recompute | local, from a
   registry name or your own units;
 - ``GLCanDataModule``: mnist5k (embedded), cifar10/100, svhn, stl10, folder, fake;
 - ``memory_report`` / ``predict_memory``: training memory without allocating it;

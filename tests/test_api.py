@@ -55,7 +55,7 @@ def test_units_as_a_list_and_shapes_found_by_probing():
                               num_classes=10, image_shape=(1, 28, 28))
     assert model.net.heads[0].net[-1].in_features == 32  # found by running an example input
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    e2e = glcan.GLCanModule(backbone=units, method="e2e_checkpoint", num_classes=10, image_shape=(1, 28, 28))
+    e2e = glcan.GLCanModule(backbone=units, method="e2e_recompute", num_classes=10, image_shape=(1, 28, 28))
     assert e2e(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 

@@ -356,7 +356,7 @@ def test_13_the_top_help_lists_every_command(capsys):
     (["fit", "--model.nm_blocks", "4"], "error: unknown option --model.nm_blocks (did you mean --model.num_blocks?)"),
     (["fit", "--trainer.max_epoch", "2"],  # a prefix of a real option is a typo, not an abbreviation
      "error: unknown option --trainer.max_epoch (did you mean --trainer.max_epochs?)"),
-    (["fit", "--model.method", "locl"], "error: --model.method: 'locl' is not one of e2e, e2e_checkpoint, local, local_checkpoint (did you mean local?)"),
+    (["fit", "--model.method", "locl"], "error: --model.method: 'locl' is not one of e2e, e2e_recompute, local, local_recompute (did you mean local?)"),
     (["fitt"], "error: unknown command 'fitt' (did you mean fit?); commands: fit, validate, test, predict, memory, "
                "compare, check-data"),
 ])
@@ -391,7 +391,7 @@ def test_15_memory_predictions_are_deterministic():
     def peak(method: str) -> int:
         return predict(lambda: GLCanModule(backbone="resnet20", method=method, num_blocks=4, batch_size=64),
                        64, (3, 32, 32), 10).peak_bytes
-    for method in ("e2e", "e2e_checkpoint", "local"):
+    for method in ("e2e", "e2e_recompute", "local"):
         assert peak(method) == peak(method)
 
 

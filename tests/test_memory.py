@@ -60,7 +60,7 @@ def _torch_memtracker_peak(method: str, batch: int = 16) -> int:
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 
-@pytest.mark.parametrize("method", ["e2e", "local", "local_checkpoint"])
+@pytest.mark.parametrize("method", ["e2e", "local", "local_recompute"])
 def test_meter_and_predictor_agree_with_torchs_memtracker(method):
     """The meter (real tensors) and the predictor (FakeTensors) both equal torch's MemTracker on
     the same steady-state step, to the byte."""
@@ -84,8 +84,8 @@ def test_a_training_run_measures_what_the_predictor_predicts(tmp_path, config):
 
 def test_memory_orderings():
     shape = (3, 32, 32)
-    peak = {m: predict(lambda m=m: _parts(m), 16, shape, 10).peak_bytes for m in ("e2e", "e2e_checkpoint", "local")}
-    assert peak["local"] < peak["e2e"] and peak["e2e_checkpoint"] < peak["e2e"]
+    peak = {m: predict(lambda m=m: _parts(m), 16, shape, 10).peak_bytes for m in ("e2e", "e2e_recompute", "local")}
+    assert peak["local"] < peak["e2e"] and peak["e2e_recompute"] < peak["e2e"]
     k2 = predict(lambda: _parts("local", num_blocks=2), 16, shape, 10).peak_bytes
     k8 = predict(lambda: _parts("local", num_blocks=8), 16, shape, 10).peak_bytes
     assert k8 < peak["local"] < k2
@@ -125,7 +125,7 @@ def test_report_has_the_floor_below_every_split():
 def test_memory_command_json(capsys):
     assert main(["memory", "--config", LOCAL_CONFIG, "--data.batch_size", "32", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("config", "batch_size", "peak_bytes", "e2e_bytes", "e2e_checkpoint_bytes", "local_bytes",
+    for key in ("config", "batch_size", "peak_bytes", "e2e_bytes", "e2e_recompute_bytes", "local_bytes",
                 "ratio_to_e2e", "floor_bytes", "peak_block", "parts"):
         assert key in out
     assert out["batch_size"] == 32 and out["ratio_to_e2e"] < 1
@@ -162,11 +162,11 @@ def test_predictor_within_10_percent_of_cuda_max_memory_allocated(tmp_path):
 
 def test_memory_json_ratio_is_the_configs_own_method(capsys):
     """peak_bytes and ratio_to_e2e describe the same method: the config's."""
-    assert main(["memory", "--config", LOCAL_CONFIG, "--model.method", "local_checkpoint", "--data.batch_size", "32",
+    assert main(["memory", "--config", LOCAL_CONFIG, "--model.method", "local_recompute", "--data.batch_size", "32",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["config_method"] == "local_checkpoint" and out["peak_bytes"] == out["local_checkpoint_bytes"]
-    assert out["ratio_to_e2e"] == pytest.approx(out["local_checkpoint_bytes"] / out["e2e_bytes"])
+    assert out["config_method"] == "local_recompute" and out["peak_bytes"] == out["local_recompute_bytes"]
+    assert out["ratio_to_e2e"] == pytest.approx(out["local_recompute_bytes"] / out["e2e_bytes"])
     assert out["ratio_to_e2e"] < out["local_ratio_to_e2e"]
 
 

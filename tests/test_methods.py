@@ -58,18 +58,18 @@ def _grads(module: GLCanModule, x, y) -> list[torch.Tensor]:
     return grads
 
 
-def test_local_checkpoint_has_local_gradients_and_a_lower_peak():
+def test_local_recompute_has_local_gradients_and_a_lower_peak():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, *SHAPE, generator=g), torch.randint(0, 10, (16,), generator=g)
-    plain, recomputed = _module("local"), _module("local_checkpoint")
+    plain, recomputed = _module("local"), _module("local_recompute")
     recomputed.load_state_dict(plain.state_dict())
     for a, b in zip(_grads(plain, x, y), _grads(recomputed, x, y)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # predicted, then measured on real tensors by the same tracker the CPU meter uses
-    pred = {m: predict(lambda m=m: _module(m), 16, SHAPE, 10).peak_bytes for m in ("local", "local_checkpoint")}
-    assert pred["local_checkpoint"] < pred["local"]
+    pred = {m: predict(lambda m=m: _module(m), 16, SHAPE, 10).peak_bytes for m in ("local", "local_recompute")}
+    assert pred["local_recompute"] < pred["local"]
     measured = {}
-    for name, module in (("local", plain), ("local_checkpoint", recomputed)):
+    for name, module in (("local", plain), ("local_recompute", recomputed)):
         opts = module.build_optimizers()
         local_step(module.net, x, y, step=BlockUpdate(opts))  # optimizer state exists, as in the steady state
         tracker = MemoryTracker()
@@ -78,29 +78,29 @@ def test_local_checkpoint_has_local_gradients_and_a_lower_peak():
             tracker.reset_peak()
             local_step(module.net, x, y, step=BlockUpdate(opts))
         measured[name] = tracker.peak
-    assert measured["local_checkpoint"] < measured["local"]
-    assert measured["local_checkpoint"] == pytest.approx(pred["local_checkpoint"], rel=0.01)
+    assert measured["local_recompute"] < measured["local"]
+    assert measured["local_recompute"] == pytest.approx(pred["local_recompute"], rel=0.01)
 
 
 def test_policies_order_the_candidates():
-    cands = [Candidate("local", 8, 100, 1.02), Candidate("e2e", 1, 900, 1.0), Candidate("local_checkpoint", 2, 120, 1.3),
-             Candidate("e2e_checkpoint", 1, 300, 1.33), Candidate("local", 2, 150, 1.01)]
+    cands = [Candidate("local", 8, 100, 1.02), Candidate("e2e", 1, 900, 1.0), Candidate("local_recompute", 2, 120, 1.3),
+             Candidate("e2e_recompute", 1, 300, 1.33), Candidate("local", 2, 150, 1.01)]
     accuracy = [(c.method, c.num_blocks) for c in rank(cands, "accuracy")]
-    assert accuracy == [("e2e", 1), ("e2e_checkpoint", 1), ("local", 2), ("local_checkpoint", 2), ("local", 8)]
+    assert accuracy == [("e2e", 1), ("e2e_recompute", 1), ("local", 2), ("local_recompute", 2), ("local", 8)]
     speed = [(c.method, c.num_blocks) for c in rank(cands, "speed")]
-    assert speed[0] == ("e2e", 1) and speed[-2:] == [("local_checkpoint", 2), ("e2e_checkpoint", 1)]
+    assert speed[0] == ("e2e", 1) and speed[-2:] == [("local_recompute", 2), ("e2e_recompute", 1)]
 
 
 def test_the_budget_frontier_lists_what_fits_in_the_policy_order():
-    peaks = {("e2e", 1): 10_000, ("e2e_checkpoint", 1): 3_000}
+    peaks = {("e2e", 1): 10_000, ("e2e_recompute", 1): 3_000}
     def peak_of(method, k):
         if method.startswith("e2e"):
             return peaks[(method, 1)] * 2**20
         return int((6_000 / k + (0 if method == "local" else -1_500 / k) + 200) * 2**20)
-    times = {"e2e": 1.0, "e2e_checkpoint": 1.33, "local": 1.02, "local_checkpoint": 1.3}
+    times = {"e2e": 1.0, "e2e_recompute": 1.33, "local": 1.02, "local_recompute": 1.3}
     answer = frontier("4GiB", peak_of, 16, lambda m, k: times[m])
     fits = [(c["method"], c["num_blocks"]) for c in answer["fits"]]
-    assert ("e2e", 1) not in fits and fits[0] == ("e2e_checkpoint", 1)  # accuracy: one block first
+    assert ("e2e", 1) not in fits and fits[0] == ("e2e_recompute", 1)  # accuracy: one block first
     assert [c["num_blocks"] for c in answer["fits"]] == sorted(c["num_blocks"] for c in answer["fits"])
     assert all(c["need_bytes"] <= 4 * 2**30 for c in answer["fits"])
     speed = frontier("4GiB", peak_of, 16, lambda m, k: times[m], prefer="speed")
@@ -118,7 +118,7 @@ def test_num_blocks_auto_may_choose_recomputation_for_accuracy():
     assert accurate.hparams.num_blocks == accurate.net.num_blocks  # recorded: a checkpoint rebuilds it
 
 
-@pytest.mark.parametrize("plain, recomputed", [("e2e", "e2e_checkpoint"), ("local", "local_checkpoint")])
+@pytest.mark.parametrize("plain, recomputed", [("e2e", "e2e_recompute"), ("local", "local_recompute")])
 def test_recomputation_leaves_batchnorm_statistics_as_a_plain_step_does(plain, recomputed):
     """The replayed forward of checkpointing must not update BatchNorm's running statistics a
     second time: after a step, every buffer equals the plain method's."""

@@ -34,7 +34,7 @@ one run after another in this process, then writes into DIR (default runs/compar
   comparison.json  the plan; running the same command again resumes (finished runs skipped)
 
 Seeds vary initialisation and data order over one fixed data split (data.seed), so rows are
-paired by seed. Run ids: e2e_s0, e2e_checkpoint_s0, local_k4_glcan_s0 (+ _<key>-<value> for
+paired by seed. Run ids: e2e_s0, e2e_recompute_s0, local_k4_glcan_s0 (+ _<key>-<value> for
 other grid keys). Each run is a W&B run in group NAME (default: DIR's name + a timestamp), plus
 one run of job_type "comparison"; offline without an API key; --logger false: no W&B.
 A failed run is reported and the others go on; the report then says the comparison is

@@ -88,7 +88,7 @@ class Group:
         if is_local(self.method):
             text = f"{self.method.replace('_', ' ')} K={self.num_blocks} {self.head}"
         else:
-            text = "E2E" if self.method == "e2e" else "E2E (checkpointed)" if self.method == "e2e_checkpoint" else self.method
+            text = "E2E" if self.method == "e2e" else "E2E (checkpointed)" if self.method == "e2e_recompute" else self.method
         return text + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in self.extras.items())
 
     @property

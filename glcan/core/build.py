@@ -12,20 +12,26 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from glcan.core.network import CheckpointedSequential, SplitNetwork
+from glcan.core.network import RecomputedSequential, SplitNetwork
 from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundaries, check_num_blocks, uniform_boundaries
 from glcan.heads import AuxHead, ModuleHead, build_head
 from glcan.heads.lookahead import LookaheadHead
 from glcan.backbones import Backbone, build_backbone
 
-METHODS = ("e2e", "e2e_checkpoint", "local", "local_checkpoint")
-LOCAL_METHODS = ("local", "local_checkpoint")
+METHODS = ("e2e", "e2e_recompute", "local", "local_recompute")
+LOCAL_METHODS = ("local", "local_recompute")
 LAST_HEADS = ("classifier", "head")
 
 
 def is_local(method: str) -> bool:
     """Whether ``method`` trains K blocks from their own heads (with or without recomputation)."""
     return method in LOCAL_METHODS
+
+
+def recomputes(method: str) -> bool:
+    """Whether ``method`` recomputes its units' activations in the backward (gradient
+    checkpointing: ``e2e_recompute``, ``local_recompute``). "Checkpoint" in glcan means a file."""
+    return method in ("e2e_recompute", "local_recompute")
 
 @torch.no_grad()
 def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list[tuple[int, ...]]:
@@ -145,7 +151,7 @@ def build_network(
     ``num_blocks`` blocks at ``split`` (``uniform`` or boundaries) and puts a ``head`` on each;
     the last block ends in the backbone's own classifier (``last_head="classifier"``: the
     deployed network is then exactly E2E's, with the same parameters) or in a ``head`` like the
-    others (``last_head="head"``). The ``_checkpoint`` methods recompute every unit's
+    others (``last_head="head"``). The ``_recompute`` methods (gradient checkpointing) recompute every unit's
     activations in its backward (per-unit gradient checkpointing), in the one block of E2E or
     inside each local block. ``classifier_head(module)`` makes the head that trains through the
     backbone's own classifier (the task's: ``glcan.core.task``; cross-entropy by default).
@@ -157,7 +163,7 @@ def build_network(
     if last_head not in LAST_HEADS:
         raise ValueError(f"model.last_head must be one of {', '.join(LAST_HEADS)}, got {last_head!r}")
     units = list(backbone.units)
-    sequential = CheckpointedSequential if method.endswith("_checkpoint") else nn.Sequential
+    sequential = RecomputedSequential if recomputes(method) else nn.Sequential
     if not is_local(method):
         return SplitNetwork([sequential(*units)], [classifier_head(backbone.classifier)])
     shapes = probe_shapes(units, image_shape)

@@ -18,15 +18,15 @@ from torch.utils.checkpoint import checkpoint
 from glcan.heads.base import AuxHead
 
 
-class CheckpointedSequential(nn.Sequential):
+class RecomputedSequential(nn.Sequential):
     """Units run under per-unit gradient checkpointing while training.
 
     Only each unit's input is kept during the forward pass; a unit's activations are recomputed
     when its backward runs. The last unit is not checkpointed (as in
     ``torch.utils.checkpoint.checkpoint_sequential``): its backward comes first, right after the
     forward, so recomputing it would cost time and save nothing. This is the memory-saving
-    alternative users weigh local learning against (``e2e_checkpoint``), and, inside each block,
-    local learning's lowest-memory variant (``local_checkpoint``).
+    alternative users weigh local learning against (``e2e_recompute``), and, inside each block,
+    local learning's lowest-memory variant (``local_recompute``).
 
     Why not ``checkpoint_sequential`` itself: its replay is an ordinary training-mode forward,
     so every BatchNorm would update its running statistics twice per step and the evaluated

@@ -7,7 +7,7 @@ summing the K losses into one backward gives the same gradients but keeps every 
 activations alive at once, which saves nothing.
 
 Every method runs this step: end-to-end training is the network as one block whose head is the
-backbone's classifier (``e2e_checkpoint`` and ``local_checkpoint`` only recompute inside their
+backbone's classifier (``e2e_recompute`` and ``local_recompute`` only recompute inside their
 blocks). Everything here is plain PyTorch, so the LightningModule, the pipeline workers, the
 memory predictor and the benchmarks all run exactly the same step and the same block update;
 each only says how to backward and how to step an optimizer.

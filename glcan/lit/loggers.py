@@ -28,7 +28,7 @@ class WandbOptions:
         enabled: false turns W&B off (``--logger false`` is short for ``--logger.enabled false``).
         project: the W&B project.
         group: runs of one comparison share a group (the comparison sets it).
-        job_type: defaults to the method (e2e, e2e_checkpoint, local).
+        job_type: defaults to the method (e2e, e2e_recompute, local).
         tags: extra tags; backbone, dataset, K and head are always added.
         mode: ``auto`` (online with an API key, offline without), ``online``, ``offline`` or ``disabled``.
     """

@@ -1,6 +1,6 @@
 """GLCanModule: one LightningModule for every training scheme.
 
-``method`` is the one switch: ``e2e`` (backprop through the whole network), ``e2e_checkpoint``
+``method`` is the one switch: ``e2e`` (backprop through the whole network), ``e2e_recompute``
 (the same with per-unit gradient checkpointing) and ``local`` (K blocks, each trained by its own
 head and optimizer). Backbone, data, optimizer and seed stay the same, so a comparison differs
 in one thing only. E2E uses Lightning's automatic optimization; local learning needs K
@@ -41,7 +41,7 @@ class GLCanModule(L.LightningModule):
         backbone: a registry name (resnet20, resnet110, resnet50, vgg16_bn, ...) or your own.
             Your own network: a ``glcan.backbones.Backbone``, an ``nn.Sequential`` or list of
             units, or (from a config) ``class_path`` to a function that returns one (docs/guide.md).
-        method: e2e, e2e_checkpoint, local or local_checkpoint. The ``_checkpoint`` methods
+        method: e2e, e2e_recompute, local or local_recompute. The ``_recompute`` methods (gradient checkpointing)
             recompute their units' activations in the backward: less memory, more time.
         num_blocks: K, the number of blocks in local mode; auto: the fewest that fit memory_budget.
             E2E is one block and ignores it.
@@ -71,7 +71,7 @@ class GLCanModule(L.LightningModule):
         memory_budget: with num_blocks auto: the GPU memory to fit (4GiB, 12GB or bytes).
         memory_policy: with num_blocks auto: accuracy (fewest blocks) or speed (cheapest step).
             ``accuracy`` takes the fewest blocks that fit, recomputing inside them if that is what
-            it takes (``local_checkpoint``); ``speed`` the cheapest step by counted FLOPs.
+            it takes (``local_recompute``); ``speed`` the cheapest step by counted FLOPs.
         precision: the precision memory predictions assume; linked from ``trainer.precision``.
         boundaries: where the planner cut the blocks for ``split: memory`` (recorded, so a
             checkpoint rebuilds the same blocks); set by :meth:`planned`, not by hand.
@@ -83,7 +83,7 @@ class GLCanModule(L.LightningModule):
     def __init__(
         self,
         backbone: Union[str, dict, nn.Module] = "resnet20",
-        method: Literal["e2e", "e2e_checkpoint", "local", "local_checkpoint"] = "local",
+        method: Literal["e2e", "e2e_recompute", "local", "local_recompute"] = "local",
         num_blocks: Union[int, Literal["auto"]] = 4,
         split: Union[Literal["uniform", "memory"], list[int]] = "uniform",
         head: str = "glcan",

@@ -114,7 +114,7 @@ def memory_boundaries(arguments: dict[str, Any]) -> list[int]:
     return memory_split(units, probe_shapes(units, image_shape), k, head=head, head_kwargs=head_kwargs,
                         num_classes=num_classes, image_shape=image_shape,
                         batch_size=int(arguments.get("batch_size", 128)), last_head=last_head,
-                        recompute=arguments["method"] == "local_checkpoint", task=task, classifier=classifier)
+                        recompute=arguments["method"] == "local_recompute", task=task, classifier=classifier)
 
 
 def plan(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def _plan(args: dict[str, Any]) -> dict[str, Any]:
         if choice is None:
             raise BudgetError(
                 f"model.memory_budget {parse_bytes(budget) / GIB:.2f} GiB is too small even with one unit per block "
-                f"and recomputation (local_checkpoint K={answer['num_units']}): it needs {answer['least_need'] / GIB:.2f} "
+                f"and recomputation (local_recompute K={answer['num_units']}): it needs {answer['least_need'] / GIB:.2f} "
                 "GiB; lower data.batch_size or data.image_size, or use trainer.precision bf16-mixed")
         rank_zero_info(f"memory budget {parse_bytes(budget) / GIB:.2f} GiB, policy {answer['prefer']}: "
                        f"{choice['method']}" + (f" K={choice['num_blocks']}" if is_local(choice["method"]) else "")
@@ -205,7 +205,7 @@ def budget_frontier(arguments: dict[str, Any], budget: Any, prefer: str) -> dict
     answer = frontier(budget, peak_of, num_units, lambda m, k: flops(m, k) / e2e, prefer)
     answer["num_units"] = num_units
     if answer["choice"] is None:
-        answer["least_need"] = need(peak_of("local_checkpoint", num_units))
+        answer["least_need"] = need(peak_of("local_recompute", num_units))
     else:
         c = answer["choice"]
         c["boundaries"] = args_of(c["method"], c["num_blocks"]).get("boundaries")
@@ -260,12 +260,12 @@ def memory_report(module: Any, batch_size: int, image_shape: Sequence[int], num_
         "peak_bytes": own.peak_bytes,
         "ratio_to_e2e": own.peak_bytes / e2e,
         "e2e_bytes": e2e,
-        "e2e_checkpoint_bytes": estimates["e2e_checkpoint"].peak_bytes,
+        "e2e_recompute_bytes": estimates["e2e_recompute"].peak_bytes,
         "local_bytes": local.peak_bytes,
-        "local_checkpoint_bytes": estimates["local_checkpoint"].peak_bytes,
+        "local_recompute_bytes": estimates["local_recompute"].peak_bytes,
         "local_ratio_to_e2e": local.peak_bytes / e2e,
-        "checkpoint_ratio_to_e2e": estimates["e2e_checkpoint"].peak_bytes / e2e,
-        "local_checkpoint_ratio_to_e2e": estimates["local_checkpoint"].peak_bytes / e2e,
+        "recompute_ratio_to_e2e": estimates["e2e_recompute"].peak_bytes / e2e,
+        "local_recompute_ratio_to_e2e": estimates["local_recompute"].peak_bytes / e2e,
         "floor_bytes": floor,
         "floor_unit": unit_index,
         "local_to_floor": local.peak_bytes / floor,

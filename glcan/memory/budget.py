@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+from glcan.core.build import is_local, recomputes
+
 GIB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20
 ALLOCATOR_MARGIN = 0.10
@@ -135,7 +137,7 @@ def rank(candidates: list[Candidate], prefer: str) -> list[Candidate]:
         raise BudgetError(f"model.memory_policy must be one of {', '.join(POLICIES)}, got {prefer!r}")
     if prefer == "speed":
         return sorted(candidates, key=lambda c: (c.relative_time if c.relative_time is not None else 9.9, c.num_blocks))
-    return sorted(candidates, key=lambda c: (c.num_blocks, c.method.endswith("checkpoint"), c.method.startswith("local")))
+    return sorted(candidates, key=lambda c: (c.num_blocks, recomputes(c.method), is_local(c.method)))
 
 
 def frontier(budget: Union[int, str], peak_of: Callable[[str, int], int], num_units: int,
@@ -153,9 +155,9 @@ def frontier(budget: Union[int, str], peak_of: Callable[[str, int], int], num_un
     """
     b = parse_bytes(budget)
     tried: list[Candidate] = [Candidate("e2e", 1, peak_of("e2e", 1)),
-                              Candidate("e2e_checkpoint", 1, peak_of("e2e_checkpoint", 1))]
+                              Candidate("e2e_recompute", 1, peak_of("e2e_recompute", 1))]
     missing = []
-    for method in ("local", "local_checkpoint"):
+    for method in ("local", "local_recompute"):
         try:
             # K=1 of local learning is E2E (listed above): local candidates start at two blocks.
             choice = choose_num_blocks(lambda k, m=method: peak_of(m, k), num_units, b, min_k=min(2, num_units))
@@ -181,9 +183,9 @@ def frontier(budget: Union[int, str], peak_of: Callable[[str, int], int], num_un
     elif best.method == "e2e":
         lines.append(f"E2E fits: train end to end (model.method e2e); local learning is not needed for memory "
                      f"(policy: {prefer})")
-    elif best.method == "e2e_checkpoint":
+    elif best.method == "e2e_recompute":
         lines.append(f"E2E with checkpointing fits: the same network and accuracy as E2E, at the cost of "
-                     f"recomputing activations (model.method e2e_checkpoint; policy: {prefer})")
+                     f"recomputing activations (model.method e2e_recompute; policy: {prefer})")
     else:
         lines.append(f"use model.method {best.method} with model.num_blocks {best.num_blocks} (policy: {prefer})")
     return {"budget_bytes": b, "prefer": prefer, "candidates": [c.as_dict() for c in tried],

@@ -11,7 +11,7 @@ the head placed there. A block's cost is then
 
 additive over units, so an exact dynamic programme (glcan.core.split.balanced_boundaries)
 finds the partition with the smallest maximum. With per-unit checkpointing inside the blocks
-(``local_checkpoint``) a block keeps only its units' inputs (the last unit is not checkpointed)
+(``local_recompute``) a block keeps only its units' inputs (the last unit is not checkpointed)
 and recomputes one unit at a time:
 
     inputs(units but the last) + the largest unit's saved bytes + 2 x largest activation
@@ -117,7 +117,7 @@ def memory_split(
 ) -> list[int]:
     """The boundaries that balance the blocks' predicted training memory (``split: memory``).
 
-    ``recompute``: the blocks checkpoint every unit (``local_checkpoint``). ``task``: what the
+    ``recompute``: the blocks checkpoint every unit (``local_recompute``). ``task``: what the
     heads' targets look like (default classification). ``classifier``: the last block's head
     around the backbone's classifier, when its cost counts (else it is taken as free).
     """

@@ -35,10 +35,10 @@ def format_report(r: dict[str, Any], config: Optional[str] = None) -> str:
         "a GPU adds its CUDA context and allocator rounding)",
         "",
         f"  {'e2e':<26}{gib(r['e2e_bytes'])}   1.000",
-        f"  {'e2e_checkpoint (per unit)':<26}{gib(r['e2e_checkpoint_bytes'])}   {r['checkpoint_ratio_to_e2e']:.3f}",
+        f"  {'e2e_recompute (per unit)':<26}{gib(r['e2e_recompute_bytes'])}   {r['recompute_ratio_to_e2e']:.3f}",
         f"  {'local K=' + str(r['num_blocks']):<26}{gib(r['local_bytes'])}   {r['local_ratio_to_e2e']:.3f}   split {r['boundaries']}",
-        f"  {'local_checkpoint K=' + str(r['num_blocks']):<26}{gib(r['local_checkpoint_bytes'])}   "
-        f"{r['local_checkpoint_ratio_to_e2e']:.3f}   split {r['methods']['local_checkpoint']['boundaries']}",
+        f"  {'local_recompute K=' + str(r['num_blocks']):<26}{gib(r['local_recompute_bytes'])}   "
+        f"{r['local_recompute_ratio_to_e2e']:.3f}   split {r['methods']['local_recompute']['boundaries']}",
         f"  {'floor (largest unit)':<26}{gib(r['floor_bytes'])}   {r['floor_bytes'] / r['e2e_bytes']:.3f}   unit {r['floor_unit']}",
         "",
         f"local peak is set by block {r['peak_block']}; block peaks: "
