@@ -433,3 +433,36 @@ def test_16_the_wandb_summary_holds_the_split_and_how_memory_was_measured(tmp_pa
     fit(LOCAL_CONFIG, tmp_path, "--trainer.limit_train_batches", "4", *FAST, "--logger.enabled", "true")
     assert seen["model/boundaries"] == str(json.loads((tmp_path / "summary.json").read_text())["boundaries"])
     assert "tracker" in seen["memory/method"] and seen["memory/peak_block"] in range(4)
+
+
+def test_15_a_damaged_checkpoint_is_one_line_naming_the_previous_one(tmp_path, capsys):
+    """A last.ckpt zeroed in the middle (a disk that filled up): one line, and the newest intact
+    epoch checkpoint beside it, which the run keeps for exactly this."""
+    fit(LOCAL_CONFIG, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", *FAST)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 4096] = bytes(4096)
+    last.write_bytes(bytes(data))
+    assert main(["fit", "--config", LOCAL_CONFIG, *SHRINK, "--trainer.max_epochs", "2", "--run_dir", str(tmp_path),
+                 "--ckpt_path", "last"]) == 2
+    line = _err_line(capsys)
+    assert line.startswith(f"error: checkpoint {last} is damaged") and "epoch001.ckpt" in line
+
+
+def test_16_resuming_a_finished_run_keeps_its_figures(tmp_path):
+    """--ckpt_path last on a run that has finished: nothing is left to train, and the summary keeps
+    what the run measured (memory, step time) instead of nulls."""
+    fit(LOCAL_CONFIG, tmp_path, "--trainer.limit_train_batches", "5", *FAST)
+    before = json.loads((tmp_path / "summary.json").read_text())
+    assert before["peak_memory_bytes"] and before["step_time_ms"]
+    fit(LOCAL_CONFIG, tmp_path, "--trainer.limit_train_batches", "5", *FAST, "--ckpt_path", "last")
+    after = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("peak_memory_bytes", "memory_method", "step_time_ms", "step_cpu_ms", "test_acc"):
+        assert after[key] == before[key], key
+    assert after["resumed"] == 1
+
+
+def test_10_lightnings_own_ddp_strategy_is_one_line_pointing_to_glcans(capsys):
+    assert main(["fit", "--config", LOCAL_CONFIG, *SHRINK, "--trainer.strategy", "ddp", "--trainer.devices", "2"]) == 2
+    line = _err_line(capsys)
+    assert line.startswith("error: --trainer.strategy ddp:") and "--parallel.mode ddp" in line

@@ -138,5 +138,6 @@ def quiet() -> None:
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # inside Lightning, not ours to fix
         ".*'set_vital' is deprecated.*",  # inside torchdata's StatefulDataLoader
         ".*`weights_only` was not set.*",  # Lightning's resume of our own checkpoints (optimizer classes)
+        ".*recommended to use `self.log\\(.*sync_dist=True.*",  # DDP: every replica evaluates every image
     ):
         warnings.filterwarnings("ignore", message=pattern)

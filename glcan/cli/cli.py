@@ -18,6 +18,7 @@ The callbacks of every run are listed in ``configs/defaults.yaml``, not here.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -136,6 +137,10 @@ class GLCanCLI(LightningCLI):
         cfg = self.cfg
         if self.subcommand in (None, "predict"):
             return super().instantiate_trainer(logger=False, **kwargs)
+        strategy = cfg.trainer.get("strategy")
+        if isinstance(strategy, str) and strategy.startswith("ddp") and cfg.parallel.mode != "ddp":
+            raise ConfigError(f"--trainer.strategy {strategy}: local learning's backward per block needs glcan's DDP "
+                              "setting; use --parallel.mode ddp --parallel.workers N instead")
         self.wandb = wandb_options(cfg.logger)
         experiment = rundir.experiment_name(cfg, self.model, self.datamodule)
         if self.subcommand == "fit":
@@ -190,9 +195,12 @@ class GLCanCLI(LightningCLI):
         trainer = self.trainer
         val = stage_metrics(trainer, "val")  # the last validation, before the test pass replaces the metrics
         trainer.test(model, datamodule=self.datamodule, verbose=False)
+        measured = measured_by_callbacks(trainer)
+        if trainer.world_size > 1:  # DDP: every replica tested the whole test set, so the figures are the run's
+            measured.update(parallel="ddp", workers=trainer.world_size)
         summary = build_summary(model, self.datamodule, epochs=trainer.current_epoch, global_step=trainer.global_step,
                                 seed=self.cfg.get("seed_everything"), precision=str(trainer.precision),
-                                test_metrics=stage_metrics(trainer, "test"), measured=measured_by_callbacks(trainer),
+                                test_metrics=stage_metrics(trainer, "test"), measured=measured,
                                 run_dir=str(self.run.path), wandb_dir=wandb_run_dir(trainer.loggers), val_metrics=val)
         if trainer.is_global_zero:
             self.summary_path = self.run.write_summary(summary, trainer.loggers)
@@ -202,7 +210,9 @@ class GLCanCLI(LightningCLI):
                 print(hint, flush=True)
 
     def resume_command(self) -> str:
-        """The exact command that resumes this run."""
+        """The exact command that resumes this run (inside a comparison: the comparison's own)."""
+        if os.environ.get("GLCAN_RESUME_COMMAND"):
+            return os.environ["GLCAN_RESUME_COMMAND"].splitlines()[-1]
         args, keep, skip = list(self._args), [], False
         for a in args:
             if skip or a.startswith(("--ckpt_path=", "--run_dir=")):

@@ -70,7 +70,7 @@ def run_comparison(opts: Options, plan: Plan, logger_options: Any, command: str,
     _say(f"comparison {cid}: {len(plan.points)} run(s) into {out}: {', '.join(p.run_id for p in plan.points)}")
 
     start = time.perf_counter()
-    outcomes = runner.run_all(plan.points, opts.fixed, out, cid, fit, say=_say)
+    outcomes = runner.run_all(plan.points, opts.fixed, out, cid, fit, say=_say, command=command)
     runs = results.collect(out, plan.points, outcomes)
     baseline = tuple(opts.baseline.split("=", 1)) if opts.baseline else None
     groups = results.group_runs(runs, baseline)

@@ -173,10 +173,16 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
         lines.append("- **\\***: not a trustworthy time ratio: " + "; ".join(caveats) + " (summary.json `others_cpu`, "
                      "`threads`). For a ratio you can trust, use `python bench/step_time.py` (interleaved in one "
                      "process).")
-    timed = [int(x["timed_steps"]) for g in groups for x in g.ok if x.get("timed_steps") is not None]
-    if timed and min(timed) < 10:
-        lines.append(f"- **caution**: some step times come from only {min(timed)} timed step(s) "
+    few = sorted({g.label for g in groups for x in g.ok if (x.get("timed_steps") or 10) < 10})
+    if few:
+        least = min(int(x["timed_steps"]) for g in groups for x in g.ok if x.get("timed_steps") is not None)
+        lines.append(f"- **caution**: the step times of {', '.join(few)} come from as few as {least} timed step(s) "
                      "(short runs): read them as rough.")
+    resumed = [r.point.run_id for r in runs if (r.summary or {}).get("resumed")]
+    if resumed:
+        lines.append(f"- **resumed**: {', '.join(f'`{i}`' for i in resumed)} were interrupted and resumed from their "
+                     "last checkpoint (same weights as an uninterrupted run; their step times come from the last "
+                     "segment).")
     gone = [(g, s) for g in groups for s in g.collapsed]
     if gone:
         lines += ["", "## Collapsed runs (counted apart, in no mean)", ""]
@@ -187,15 +193,15 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
         lines += ["", "## Missing runs", ""]
         lines += [f"- `{r.point.run_id}`: {r.status}" + (f" — {r.error}" if r.error else "") for r in missing]
     key = f"test_{metric.name}"
-    lines += ["", "## Runs", "", f"| run id | seed | {metric.label} | peak memory (MiB) | step time (ms) | epochs | steps |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", f"| run id | seed | {metric.label} | peak memory (MiB) | step time (ms) | epochs | steps "
+              "| resumed |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         s = r.summary or {}
         mem = s.get("peak_memory_bytes")
         lines.append(f"| `{r.point.run_id}` | {r.point.seed} | "
                      f"{_num(None if s.get(key) is None else metric.factor * s[key], '.2f') if s else r.status} | "
                      f"{_num(None if mem is None else mem / 2**20)} | {_num(s.get('step_time_ms'))} | "
-                     f"{s.get('epochs', '')} | {s.get('global_step', '')} |")
+                     f"{s.get('epochs', '')} | {s.get('global_step', '')} | {s.get('resumed') or ''} |")
     lines += ["", "Each run's directory `runs/<run id>/` holds its `summary.json`, `metrics.csv`, `config.yaml` "
               "(resolved) and checkpoints; `comparison.csv` has every summary field, one row per run."]
     if plots:
@@ -207,23 +213,29 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     return path
 
 
+TERMINAL = ("method", "K", "head", "seeds", "peak mem (MiB)", "mem / E2E", "CPU / E2E")
+
+
 def print_table(groups: list[Group], runs: list[Run], cid: str, file: Any = None, baseline: Optional[str] = None) -> None:
+    """The terminal's table: the columns a decision needs (report.md has them all), every cell
+    whole (long cells wrap, never cut), at least 120 columns wide."""
     from rich.console import Console
     from rich.table import Table
 
     headers, rows = table(groups, baseline)
-    caption = status_line(runs).replace("**", "") + (" Peak memory: mean, step CPU time: median over seeds; ratios to"
-                                                     " E2E (time from CPU time; * = measured under load or with other"
-                                                     " thread counts).")
-    methods = {r[headers.index("measured by")] for r in rows} - {"n/a"}
-    if len(methods) == 1:  # one measuring method: say it once, keep the table narrow
-        i = headers.index("measured by")
-        headers, rows = headers[:i] + headers[i + 1:], [r[:i] + r[i + 1:] for r in rows]
-        caption += f" Memory measured by: {methods.pop()}."
-    t = Table(title=f"Comparison {cid}", caption=caption)
-    for h in headers:
-        t.add_column(h, justify="left" if h in ("method", "head", "measured by") else "right", no_wrap=h != "measured by")
+    metric = groups_metric(groups)
+    extras = range(3, 3 + len({k for g in groups for k in g.extras}))
+    keep = [i for i, h in enumerate(headers) if h in TERMINAL or h == metric.label or h.startswith(("Δ", "val "))
+            or i in extras]
+    caption = status_line(runs).replace("**", "") + " Δ: paired difference with its 95% interval; peak memory: mean, " \
+        "step CPU time: median over seeds; ratios to E2E (* = measured under load or with other thread counts). " \
+        "Every column: report.md."
+    t = Table(title=f"Comparison {cid}", caption=caption, show_lines=False)
+    for i in keep:
+        t.add_column(headers[i], justify="left" if headers[i] in ("method", "head") else "right", overflow="fold",
+                     min_width=15 if headers[i] == "seeds" else None)
     for r in rows:
-        bad = "missing" in r[headers.index(groups_metric(groups).label)] or " of " in r[headers.index("seeds")]
-        t.add_row(*r, style="red" if bad else None)
-    Console(file=file or sys.stdout, width=max(150, Console().width)).print(t)
+        bad = "missing" in r[headers.index(metric.label)] or " of " in r[headers.index("seeds")]
+        t.add_row(*[r[i] for i in keep], style="red" if bad else None)
+    console = Console(file=file or sys.stdout)
+    Console(file=file or sys.stdout, width=max(120, console.width)).print(t)

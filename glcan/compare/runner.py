@@ -17,6 +17,7 @@ finished (guarded), so one run's W&B data never flows into the next.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -54,11 +55,13 @@ def fit_args(point: Point, fixed: list[str], out: Path, comparison_id: str, resu
 
 def run_all(
     points: list[Point], fixed: list[str], out: Path, comparison_id: str, fit: Callable[[list[str]], int],
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = print, command: Optional[str] = None,
 ) -> list[Outcome]:
     """Run every point not already complete; return one outcome per point, in order.
 
-    ``fit(args)`` trains one run and returns its exit status (130: interrupted).
+    ``fit(args)`` trains one run and returns its exit status (130: interrupted). ``command`` is
+    the comparison's own command line: an interrupted run says to rerun it (GLCAN_RESUME_COMMAND),
+    not to resume the one run by hand.
     """
     done = [p for p in points if (run_dir(out, p) / SUMMARY).is_file()]
     if done:
@@ -81,6 +84,8 @@ def run_all(
         args = fit_args(point, fixed, out, comparison_id, resume)
         say(f"[{n}/{len(todo)}] {point.run_id}: {' '.join(args)}")
         start, code = time.perf_counter(), 0
+        if command:
+            os.environ["GLCAN_RESUME_COMMAND"] = command
         try:
             status = fit(args)
             if status == 130:
@@ -100,6 +105,7 @@ def run_all(
             rd.mkdir(parents=True, exist_ok=True)
             (rd / ERROR).write_text(traceback.format_exc())
         finally:
+            os.environ.pop("GLCAN_RESUME_COMMAND", None)
             finish_wandb(None, code)
         outcome.seconds = time.perf_counter() - start
         outcomes[id(point)] = outcome

@@ -22,6 +22,9 @@ from glcan.memory.meter import PeakMeter
 class MemoryMeter(L.Callback):
     """Measures training-step peak memory after ``warmup`` batches, over ``steps`` batches.
 
+    Its measurement is part of the checkpoint, so a run stopped after it and resumed still
+    reports it (a resumed segment does not measure again).
+
     Args:
         warmup: batches to skip first (the first creates gradients and optimizer state).
         steps: batches measured; the reported peak is their maximum.
@@ -33,6 +36,13 @@ class MemoryMeter(L.Callback):
         self.active = False
         self._seen = 0
         self._window: Any = None
+        self._restored: Optional[dict[str, Any]] = None  # what an earlier segment of a resumed run measured
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self._seen, "measured": self.result()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._seen, self._restored = int(state.get("seen", 0)), state.get("measured")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if not self.warmup <= self._seen < self.warmup + self.steps:
@@ -67,6 +77,8 @@ class MemoryMeter(L.Callback):
 
     def result(self) -> dict[str, Any]:
         """The fields this callback contributes to summary.json."""
+        if self.meter is None and self._restored is not None:
+            return dict(self._restored)
         return (self.meter or PeakMeter(torch.device("cpu"))).result()
 
 
@@ -93,8 +105,19 @@ class StepTimer(L.Callback):
         self._others = [0.0, 0.0]  # other processes' CPU s, wall s (over the timed steps)
         self.load: list[float] = []
 
+    KEPT = 1000  # the most recent steps a checkpoint carries (a resumed run's medians include them)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_ms": self.wall_ms[-self.KEPT:], "cpu_ms": self.cpu_ms[-self.KEPT:], "others": self._others,
+                "load": self.load[:1]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed segment adds its steps to the earlier ones' (and warms up again first)."""
+        self.wall_ms, self.cpu_ms = list(state.get("wall_ms", [])), list(state.get("cpu_ms", []))
+        self._others, self.load = list(state.get("others", [0.0, 0.0])), list(state.get("load", []))
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.load = [os.getloadavg()[0]]
+        self.load = self.load[:1] or [os.getloadavg()[0]]
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.load.append(os.getloadavg()[0])

@@ -141,7 +141,7 @@ def for_training(root: str, name: str, run_dir: Optional[str], ckpt_path: Option
         if ckpt_path == "last":
             last = path / "checkpoints" / LAST
             if last.is_file():
-                return RunDir(path, last, _read_record(path))
+                return RunDir(path, checkpoint_file(last), _read_record(path))
             if _holds_a_run(path):
                 raise ConfigError(f"{path} has no checkpoints/{LAST} to resume; remove it or choose another --run_dir")
             return RunDir(path, notice=f"no checkpoint to resume in {path}: starting a new run there")
@@ -155,7 +155,7 @@ def for_training(root: str, name: str, run_dir: Optional[str], ckpt_path: Option
         for version in reversed(_versions(base)):
             last = version / "checkpoints" / LAST
             if last.is_file():
-                return RunDir(version, last, _read_record(version))
+                return RunDir(version, checkpoint_file(last), _read_record(version))
         path = _next_version(base)
         return RunDir(path, notice=f"no checkpoint to resume under {base}: starting a new run in {path}")
     if ckpt_path:
@@ -167,19 +167,33 @@ def for_training(root: str, name: str, run_dir: Optional[str], ckpt_path: Option
     return RunDir(_next_version(base))
 
 
-def checkpoint_file(ckpt_path: str) -> Path:
-    """``ckpt_path`` as an existing Lightning checkpoint file, or a one-line error naming it."""
+def checkpoint_file(ckpt_path: str | Path) -> Path:
+    """``ckpt_path`` as an intact Lightning checkpoint file (a run directory means its last.ckpt),
+    or a one-line error naming it, and naming the newest intact checkpoint beside a damaged one."""
     path = Path(ckpt_path)
     if not path.exists():
         raise ConfigError(f"--ckpt_path {ckpt_path}: no such file")
     if path.is_dir():
         last = path / "checkpoints" / LAST
-        if last.is_file():
-            return last
-        raise ConfigError(f"--ckpt_path {ckpt_path} is a directory without checkpoints/{LAST}")
+        if not last.is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path} is a directory without checkpoints/{LAST}")
+        path = last
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint
-        raise ConfigError(f"--ckpt_path {ckpt_path} is not a PyTorch checkpoint (torch.save archive)")
+        raise ConfigError(f"--ckpt_path {path} is not a PyTorch checkpoint (torch.save archive)")
+    if not _intact(path):
+        others = [p for p in sorted(path.parent.glob("epoch*.ckpt"), reverse=True) if p != path and _intact(p)]
+        hint = f"; the newest intact one beside it is {others[0]}: use --ckpt_path {others[0]}" if others else ""
+        raise ConfigError(f"checkpoint {path} is damaged (its archive fails its checksums){hint}")
     return path
+
+
+def _intact(path: Path) -> bool:
+    """Whether every member of a checkpoint's zip archive reads back with its CRC."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+        return False
 
 
 def latest_checkpoint(root: str, name: str) -> Optional[Path]:
@@ -252,7 +266,7 @@ def eval_checkpoint(cfg: Any, model: Any, datamodule: Any) -> Path:
     found = latest_checkpoint(_root(cfg), name)
     if found is None:
         raise ConfigError(f"--ckpt_path last: no run of this config under {_root(cfg)}/{name}")
-    return found
+    return checkpoint_file(found)
 
 
 def record_dir(ckpt: Path) -> Path:
