@@ -27,6 +27,7 @@ import torch
 from glcan.core.build import probe_shapes
 from glcan.core.split import balanced_boundaries, block_ranges
 from glcan.core.step import BlockUpdate, local_step
+from glcan.core.timing import Stopwatch
 from glcan.parallel.options import PipelineError
 
 
@@ -152,10 +153,11 @@ def data_time_ms(datamodule: Any, batches: int = 2) -> float:
                                          num_workers=datamodule.num_workers)
     it, times = iter(loader), []
     for _ in range(batches):
-        t0 = time.perf_counter()
-        if next(it, None) is None:
+        with Stopwatch() as watch:
+            batch = next(it, None)
+        if batch is None:
             break
-        times.append((time.perf_counter() - t0) * 1000.0)
+        times.append(watch.wall_s * 1000.0)
     return statistics.median(times) if times else 0.0
 
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from glcan.core.network import SplitNetwork
 from glcan.core.step import BlockUpdate, check_finite, local_step
+from glcan.core.timing import Stopwatch
 from glcan.io import write_json
 from glcan.lit.optim import build_scheduler, step_schedulers
 from glcan.memory.meter import PeakMeter
@@ -97,16 +98,15 @@ class Worker:
         bf16 = self.job.precision.startswith("bf16")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         held = [inp, y, *(self.link_out.pending() if self.link_out else [])]
-        t0 = time.perf_counter()
         measure = self.step in MEASURED_STEPS
-        with (self.meter.measure(self.sub, [self.optimizers[k] for k in self.mine], held) if measure else nullcontext()), autocast:
-            results = local_step(self.net, inp, y, step=self.update, blocks=self.mine)
-        check_finite([loss for loss, _ in results], self.step, self.mine)
-        step_schedulers(list(self.schedulers.values()), self.model.hparams.scheduler_interval, "batch")
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        with Stopwatch(self.device) as watch:
+            with (self.meter.measure(self.sub, [self.optimizers[k] for k in self.mine], held) if measure
+                  else nullcontext()), autocast:
+                results = local_step(self.net, inp, y, step=self.update, blocks=self.mine)
+            check_finite([loss for loss, _ in results], self.step, self.mine)
+            step_schedulers(list(self.schedulers.values()), self.model.hparams.scheduler_interval, "batch")
         done = time.perf_counter()
-        self.stats["compute_s"] += done - t0
+        self.stats["compute_s"] += watch.wall_s
         n = int(y.shape[0])
         for k, (loss, _) in zip(self.mine, results):
             self._loss[k] += loss.float() * n  # a tensor: no device sync per block
@@ -119,7 +119,7 @@ class Worker:
         self.stats["images"] += n
         self.done.append((done, n))
         if self.step - 1 > MEASURED_STEPS[-1]:  # after the warm-up and the memory-measured steps
-            self.step_ms.append((done - t0) * 1000.0)
+            self.step_ms.append(watch.wall_s * 1000.0)
 
     def run_epoch(self, epoch: int) -> int:
         job = self.job
