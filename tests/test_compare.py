@@ -235,3 +235,29 @@ def test_a_base_config_with_num_blocks_auto_plans_each_run(tmp_path, monkeypatch
     rc = compare_main(["--config", BASE, "--grid", "model.method=e2e,local", *FAST, "--model.num_blocks", "auto",
                        "--model.memory_budget", "4GiB", "--out", str(tmp_path / "out")])
     assert rc == 1 and [Path(a[a.index("--run_dir") + 1]).name for a in ran] == ["e2e_s0", "local_kauto_glcan_s0"]
+
+
+def test_shards_train_their_share_and_the_report_merges_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    ran: list[str] = []
+
+    def fake_fit(args):
+        run_dir = Path(args[args.index("--run_dir") + 1])
+        ran.append(run_dir.name)
+        run_dir.mkdir(parents=True)
+        summary = {"method": "local" if "local" in run_dir.name else "e2e", "test_acc": 0.9, "block_acc": [0.9],
+                   "seed": int(run_dir.name[-1]), "peak_memory_bytes": 2**20, "num_classes": 10}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return 0
+
+    monkeypatch.setattr(compare, "run_fit", fake_fit)
+    argv = ["--config", BASE, "--grid", "model.method=e2e,local", "--seeds", "2", *FAST, "--out", str(tmp_path / "o")]
+    assert compare_main([*argv, "--shard", "0/2"]) == 0 and not (tmp_path / "o" / "report.md").exists()
+    assert compare_main([*argv, "--shard", "1/2"]) == 0  # the last shard writes the report
+    assert sorted(ran) == ["e2e_s0", "e2e_s1", "local_k2_glcan_s0", "local_k2_glcan_s1"] and len(set(ran)) == 4
+    assert "**Complete:** all 4 planned runs finished." in (tmp_path / "o" / "report.md").read_text()
+    (tmp_path / "o" / "report.md").unlink()
+    assert compare_main([*argv, "--report_only"]) == 0 and len(ran) == 4  # nothing trained again
+    assert (tmp_path / "o" / "report.md").is_file()
+    with pytest.raises(CompareError, match="needs i/n"):
+        compare_main([*argv, "--shard", "2/2"])

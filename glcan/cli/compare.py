@@ -16,12 +16,14 @@ from typing import Any, Optional
 
 from glcan.cli.cli import GLCanCLI, run_fit
 from glcan.compare.comparison import run_comparison
-from glcan.compare.grid import RESERVED_KEYS, CompareError, Options, expand, parse_grid, split_values
+from glcan.compare.grid import RESERVED_KEYS, CompareError, Options, expand, parse_grid, parse_shard, split_values
 
-OWN = ("--grid", "--seeds", "--seed_list", "--out", "--name", "--baseline")
+OWN = ("--grid", "--seeds", "--seed_list", "--out", "--name", "--baseline", "--shard")
+FLAGS = ("--report_only",)
 
 HELP = """usage: python train.py compare [--config BASE.yaml] --grid KEY=V1,V2 [--grid ...] [--seeds N | --seed_list 0,3]
-                        [--baseline KEY=V] [--out DIR] [--name NAME] [any fit option, passed to every run]
+                        [--baseline KEY=V] [--out DIR] [--name NAME] [--shard i/n | --report_only]
+                        [any fit option, passed to every run]
 
 Trains the cross product of the grid (E2E points, which ignore K/head/split, once per seed),
 one run after another in this process, then writes into DIR (default runs/compare_<time>):
@@ -38,7 +40,9 @@ paired by seed. Run ids: e2e_s0, e2e_recompute_s0, local_k4_glcan_s0 (+ _<key>-<
 other grid keys). Each run is a W&B run in group NAME (default: DIR's name + a timestamp), plus
 one run of job_type "comparison"; offline without an API key; --logger false: no W&B.
 A failed run is reported and the others go on; the report then says the comparison is
-incomplete, and the exit status is 1.
+incomplete, and the exit status is 1. Across machines: n processes with the same command and
+--out on a shared folder, each with --shard i/n (i = 0..n-1, e.g. a Slurm array), train their
+share; the last to finish, or --report_only, writes the report.
 
 Examples:
   python train.py compare --config configs/mnist5k_resnet20_glcan_k4.yaml \\
@@ -55,6 +59,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--name", type=Optional[str], default=None, help="the W&B group.")
     parser.add_argument("--baseline", type=Optional[str], default=None,
                         help="KEY=V: the row every other row is also paired with.")
+    parser.add_argument("--shard", type=Optional[str], default=None,
+                        help="i/n: train only every n-th point, from the i-th (a Slurm array task).")
+    parser.add_argument("--report_only", action="store_true", help="train nothing: report the runs on disk.")
 
 
 def options(cfg: Any, argv: list[str]) -> Options:
@@ -62,7 +69,8 @@ def options(cfg: Any, argv: list[str]) -> Options:
     for flag, hint in RESERVED_KEYS.items():
         if flag != "config" and any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv):
             raise CompareError(f"--{flag} is set by compare for every run; use {hint}")
-    opts = Options(out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"), fixed=_without_own(argv))
+    opts = Options(out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"), fixed=_without_own(argv),
+                   shard=parse_shard(cfg.shard) if cfg.get("shard") else None, report_only=bool(cfg.get("report_only")))
     for spec in cfg.get("grid") or []:
         key, values = parse_grid(spec)
         if any(k == key for k, _ in opts.grid):
@@ -97,6 +105,8 @@ def _without_own(argv: list[str]) -> list[str]:
             skip = False
         elif a in OWN:
             skip = True
+        elif a in FLAGS:
+            continue
         elif not a.startswith(tuple(f"{f}=" for f in OWN)):
             out.append(a)
     return out

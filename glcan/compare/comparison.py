@@ -43,8 +43,8 @@ def comparison_id(opts: Options, out: Path) -> str:
         if opts.name and opts.name != old.get("id"):
             raise CompareError(f"{out} holds the comparison '{old.get('id')}'; --name {opts.name} would split its W&B group")
         return str(old["id"])
-    if opts.name or opts.out is None:  # the default out is already compare_<time>
-        return opts.name or out.name
+    if opts.name or opts.out is None or opts.shard is not None:  # the default out is already compare_<time>;
+        return opts.name or out.name  # shards started apart must agree on their group without a timestamp
     return f"{out.name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
 
 
@@ -70,8 +70,19 @@ def run_comparison(opts: Options, plan: Plan, logger_options: Any, command: str,
     _say(f"comparison {cid}: {len(plan.points)} run(s) into {out}: {', '.join(p.run_id for p in plan.points)}")
 
     start = time.perf_counter()
-    outcomes = runner.run_all(plan.points, opts.fixed, out, cid, fit, say=_say, command=command)
+    mine = [] if opts.report_only else plan.points if opts.shard is None else \
+        [p for j, p in enumerate(plan.points) if j % opts.shard[1] == opts.shard[0]]
+    if opts.shard is not None:
+        _say(f"shard {opts.shard[0]}/{opts.shard[1]}: {len(mine)} of the {len(plan.points)} run(s)")
+    outcomes = runner.run_all(mine, opts.fixed, out, cid, fit, say=_say, command=command)
     runs = results.collect(out, plan.points, outcomes)
+    if opts.shard is not None and any(r.summary is None for r in runs) and \
+            all(o.status in ("ok", "skipped") for o in outcomes):
+        missing = sum(r.summary is None for r in runs)
+        print(f"shard {opts.shard[0]}/{opts.shard[1]} done; {missing} run(s) of other shards still missing: when they "
+              f"are done, `{command.splitlines()[-1]} --report-only` writes the report (any shard finishing last "
+              "writes it too)")
+        return 0
     baseline = tuple(opts.baseline.split("=", 1)) if opts.baseline else None
     groups = results.group_runs(runs, baseline)
     results.write_comparison_csv(out / "comparison.csv", runs, [k for k, _ in plan.grid])

@@ -30,6 +30,8 @@ class Options:
     out: Optional[str] = None
     name: Optional[str] = None
     baseline: Optional[str] = None  # "key=value": the row every other row is also paired with
+    shard: Optional[tuple[int, int]] = None  # (i, n): train only the points j with j % n == i
+    report_only: bool = False  # train nothing: the report from the runs on disk
     fixed: list[str] = field(default_factory=list)  # passed through to every run
 
 
@@ -102,6 +104,15 @@ def parse_grid(spec: str) -> tuple[str, list[str]]:
     if len(set(values)) != len(values):
         raise CompareError(f"--grid '{spec}': a value is repeated")
     return key, values
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``i/n`` (0 <= i < n, e.g. a Slurm array index): this process trains every n-th point."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise CompareError(f"--shard '{spec}' needs i/n with 0 <= i < n (e.g. --shard 0/4; a Slurm array: "
+                           "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _slug(value: str) -> str:
