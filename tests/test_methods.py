@@ -111,8 +111,8 @@ def test_the_budget_frontier_lists_what_fits_in_the_policy_order():
 def test_num_blocks_auto_may_choose_recomputation_for_accuracy():
     kw = dict(backbone="resnet20", method="local", num_blocks="auto", num_classes=10, image_shape=SHAPE,
               batch_size=512)
-    fast = GLCanModule(memory_budget="900MiB", memory_policy="speed", **kw)
-    accurate = GLCanModule(memory_budget="900MiB", memory_policy="accuracy", **kw)
+    fast = GLCanModule.planned(memory_budget="900MiB", memory_policy="speed", **kw)
+    accurate = GLCanModule.planned(memory_budget="900MiB", memory_policy="accuracy", **kw)
     assert fast.hparams.method == "local"
     assert accurate.net.num_blocks <= fast.net.num_blocks
     assert accurate.hparams.num_blocks == accurate.net.num_blocks  # recorded: a checkpoint rebuilds it
