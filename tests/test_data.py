@@ -136,6 +136,15 @@ def test_loaders_settings(mnist: GLCanDataModule) -> None:
     assert len(train) == 32  # ceil(4000 / 128): the last partial batch is kept
 
 
+def test_replicas_share_an_epoch_and_a_process_group_alone_does_not_shard():
+    """Each DDP replica draws its own share of one epoch's order; without a replica given (one
+    process, or a pipeline stage whose process group is not data parallel) the sampler yields all."""
+    data = list(range(10))
+    shares = [list(EpochSeededSampler(data, seed=3, rank=r, replicas=2)) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 5 and sorted(shares[0] + shares[1]) == data
+    assert sorted(EpochSeededSampler(data, seed=3)) == data
+
+
 # ---------------------------------------------------------------------------- fake
 
 

@@ -7,6 +7,7 @@ process (``kill -9``, SIGINT) run ``train.py`` as a subprocess; the others go th
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -93,43 +94,31 @@ def test_1_a_run_killed_after_an_epoch_resumes_with_the_default_layout(tmp_path)
     assert len((run / "metrics.csv").read_text().splitlines()) > 4 and epochs  # the history survived
 
 
+def _csv_rows(path) -> list[dict[str, str]]:
+    """metrics.csv as rows of their non-empty values."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
 def test_2_a_resumed_run_keeps_its_csv_history_and_its_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", *FAST, "--logger.enabled", "true"]
     fit(LOCAL_CONFIG, tmp_path, *args, "--trainer.callbacks+=conftest.StopAfterEpoch")
-    rows_before = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert any(r.startswith("0,") or ",0," in r for r in rows_before[1:])
+    rows_before = _csv_rows(tmp_path / "metrics.csv")
+    assert "0" in {r.get("epoch") for r in rows_before}
     fit(LOCAL_CONFIG, tmp_path, *args, "--ckpt_path", "last")
-    rows_after = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows_after[1:len(rows_before)] == rows_before[1:]  # epoch 0's rows are still there
-    header = rows_after[0].split(",")
-    epochs = {r.split(",")[header.index("epoch")] for r in rows_after[1:] if r.split(",")[header.index("epoch")]}
-    assert {"0", "1"} <= epochs
+    rows_after = _csv_rows(tmp_path / "metrics.csv")
+    # epoch 0's rows are still there (the CSV logger may widen the header when epoch 1 logs a new
+    # key, so rows compare by their values, not their text)
+    assert rows_after[:len(rows_before)] == rows_before
+    assert {"0", "1"} <= {r.get("epoch") for r in rows_after}
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     # offline-run-<date>_<time>-<id>, and "-1" appended when both starts fall in one second
     ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", r.name).group(1) for r in runs}
     assert len(runs) == 2 and len(ids) == 1  # one W&B run id, resumed
 
 
-@pytest.mark.slow
-def test_1_ctrl_c_saves_a_checkpoint_mid_epoch_and_the_run_resumes_exactly(tmp_path):
-    base = ["--config", LOCAL_CONFIG, *SHRINK, "--data.fake_size", "960", "--trainer.max_epochs", "1", *FAST,
-            *DETERMINISTIC, "--run_dir", str(tmp_path / "run")]
-    proc = _train_py(*base, "--trainer.log_every_n_steps", "1")
-    try:
-        _wait_for(tmp_path / "run" / "metrics.csv", proc)  # training has started
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
-    assert "Resume with:" in err and "--ckpt_path last" in err
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert 0 < ckpt["global_step"] < 60  # stopped mid-epoch, after a whole batch
-    assert main(["fit", *base, "--ckpt_path", "last"]) == 0
-    fit(LOCAL_CONFIG, tmp_path / "full", "--data.fake_size", "960", "--trainer.max_epochs", "1", *FAST, *DETERMINISTIC)
-    _same_weights(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "full" / "checkpoints" / "last.ckpt")
+# Ctrl+C and SIGTERM mid-epoch, resumed exactly: tests/test_resume.py.
 
 
 # ---------------------------------------------------------------- 3: a non-finite loss

@@ -196,8 +196,8 @@ def test_a_hung_worker_is_noticed_by_its_neighbour_within_the_timeout(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
-    assert procs[1].returncode == 1 and stopped_in < 25
     assert "error: pipeline worker 1 (blocks 2-3) stopped: worker 0 (blocks 0-1) stopped responding" in err, err[-2000:]
+    assert procs[1].returncode == 2 and stopped_in < 25  # a known fault: status 2 (README)
     assert "Timed out" in err
 
 

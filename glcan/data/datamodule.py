@@ -206,12 +206,22 @@ class GLCanDataModule(L.LightningDataModule):
         return loader(
             dataset,
             batch_size=1 if whole_images else self.batch_size,
-            sampler=EpochSeededSampler(dataset, self.order_seed()) if shuffle else None,
+            sampler=EpochSeededSampler(dataset, self.order_seed(), *self._replica()) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _replica(self) -> tuple[int, int]:
+        """(rank, replicas) the training order is sharded over: the trainer's DDP replicas when
+        glcan shards (Lightning's ``use_distributed_sampler=False``: its wrapper would hide the
+        sampler's resumable state); one replica otherwise (no trainer, one device, or Lightning
+        wrapping the sampler itself)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1 or trainer._accelerator_connector.use_distributed_sampler:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def order_seed(self) -> int:
         """The seed of the training order: the run's seed, which Lightning's ``seed_everything``

@@ -1,5 +1,5 @@
 """A shuffling sampler whose order depends only on (seed, epoch), that says where it is, and
-that gives each DDP replica its share.
+that gives each DDP replica its share (when told which replica it serves).
 
 The training loader is torchdata's ``StatefulDataLoader``, whose state Lightning saves in every
 checkpoint. This sampler is part of that state: it records the epoch it is drawing and how many
@@ -16,22 +16,17 @@ import math
 from typing import Any, Iterator, Sized
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
-
-
-def replica() -> tuple[int, int]:
-    """(rank, world size) of this process's DDP replica; (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class EpochSeededSampler(Sampler[int]):
     """A random permutation per epoch, reproducible from ``(seed, epoch)``, and resumable."""
 
-    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+    def __init__(self, data_source: Sized, seed: int = 0, rank: int = 0, replicas: int = 1) -> None:
+        # The replica is given, not read from torch.distributed: a pipeline's process group joins
+        # stages that all read the same batches, not replicas that split them.
         self.data_source, self.seed, self.epoch = data_source, seed, 0
+        self.rank, self.replicas = rank, replicas
         self.position = 0  # indices of this epoch handed out so far
 
     def set_epoch(self, epoch: int) -> None:
@@ -39,11 +34,11 @@ class EpochSeededSampler(Sampler[int]):
             self.epoch, self.position = epoch, 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data_source) / replica()[1])
+        return math.ceil(len(self.data_source) / self.replicas)
 
     def __iter__(self) -> Iterator[int]:
         # A generator: the order is drawn at the first index asked for, from the epoch then set.
-        rank, world = replica()
+        rank, world = self.rank, self.replicas
         start = self.position
         order = torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         order = order.tolist()

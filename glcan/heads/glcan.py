@@ -19,12 +19,12 @@ local responses pass. At initialisation ``t == 0`` and the head is its plain loc
 The classifier sees ``concat[flatten(avgpool_2x2(fused)) (4w), context (C)]``. The raw
 context gives the attention a gradient from the first step (the fusion conv starts at
 zero). The 2x2 grid keeps the map's coarse layout, as DGL's head does (``grid=1`` is global
-average pooling, 6 points lower at ResNet-32 K=16).
+average pooling).
 
-The options are measured in docs/ablation.md (``python bench/ablation.py``, 3 seeds). At
-K >= 8, ``fusion="both"`` (the context gates and shifts) makes better heads than the additive
-default, and only with it does attention pooling beat average pooling; at K=4 it is slightly
-lower, so the default stays GCNet's ``add`` (docs/heads.md says why).
+Measured in docs/ablation.md (``python bench/ablation.py``, 5 paired seeds): at ResNet-32 K=16
+GC pooling and average pooling (the same path, scores frozen at zero) do not differ on the
+deployed network (-0.28 +- 0.80 points); what closes most of the large-K gap is ``later``
+(AugLocal's later-shaped units) with ``model.lookahead`` (docs/heads.md).
 
 Cost: O(C*H*W) at full resolution (attention conv, weighted sum), O(w^2 * pool_size^2) for
 the rest. For CIFAR ResNet-32 the head stays under 10% of its block's FLOPs at K=4 and K=16,

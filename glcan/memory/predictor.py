@@ -57,6 +57,11 @@ def fake_mode() -> Iterator[Optional[FakeTensorMode]]:
     """A FakeTensorMode, or the one already active (the predictor builds models that compute
     their own memory split, and the two must share one mode)."""
     active = detect_fake_mode()
+    if active is None:
+        # FakeTensorMode's dispatch cache is shared by every mode in the process; an entry left by
+        # an earlier prediction has crashed a later backward (heap corruption in torch 2.14's
+        # autograd engine), so each new mode starts with an empty cache.
+        FakeTensorMode.cache_clear()
     with nullcontext(active) if active is not None else FakeTensorMode() as mode:
         yield mode
 

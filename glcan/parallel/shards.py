@@ -124,6 +124,8 @@ def save_lightning_checkpoint(model: Any, optimizers: list, schedulers: list, ep
     trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(s, name=f"lr/block{k}")
                                              for k, s in enumerate(schedulers) if s is not None]
     trainer.fit_loop.epoch_progress.current.completed = epoch
+    # ModelCheckpoint saves after the epoch is processed and before it counts as completed
+    trainer.fit_loop.epoch_progress.total.processed = trainer.fit_loop.epoch_progress.current.processed = epoch + 1
     trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total.completed = global_step
     trainer.save_checkpoint(path)
     model.trainer = None
