@@ -135,6 +135,12 @@ def chosen_lever(out: Path) -> Optional[str]:
     return max(means, key=means.get) if means else None
 
 
+def head_options(row: str) -> tuple[Optional[dict[str, Any]], int]:
+    """The row's ``head_kwargs`` and ``lookahead``, read from its fit options."""
+    options = dict(zip(ROWS[row][2][::2], ROWS[row][2][1::2]))
+    return json.loads(options.get("--model.head_kwargs", "null")), int(options.get("--model.lookahead", 0))
+
+
 @functools.lru_cache(maxsize=None)
 def step_ratio(setting: str, row: str, rounds: int = 6) -> Optional[float]:
     """Step CPU time of the row's model over E2E's (ResNet-32, batch 128, 1 thread), interleaved in
@@ -142,8 +148,7 @@ def step_ratio(setting: str, row: str, rounds: int = 6) -> Optional[float]:
     if setting == "sr" or row == "e2e":
         return None
     torch.set_num_threads(1)
-    kw = json.loads(dict(zip(ROWS[row][2][::2], ROWS[row][2][1::2])).get("--model.head_kwargs", "null"))
-    look = int(dict(zip(ROWS[row][2][::2], ROWS[row][2][1::2])).get("--model.lookahead", 0))
+    kw, look = head_options(row)
     common = {"backbone": "resnet32", "image_shape": (1, 32, 32), "num_classes": 10, "batch_size": 128}
     models = [assemble({**common, "method": "e2e"}),
               assemble({**common, "method": "local", "num_blocks": SETTINGS[setting]["k"],
@@ -163,8 +168,7 @@ def step_ratio(setting: str, row: str, rounds: int = 6) -> Optional[float]:
 @functools.lru_cache(maxsize=None)
 def r110_memory(row: str) -> Optional[float]:
     """Predicted peak of the row's head at ResNet-110, batch 1024, K=16 (memory split), over E2E's."""
-    kw = json.loads(dict(zip(ROWS[row][2][::2], ROWS[row][2][1::2])).get("--model.head_kwargs", "null"))
-    look = int(dict(zip(ROWS[row][2][::2], ROWS[row][2][1::2])).get("--model.lookahead", 0))
+    kw, look = head_options(row)
     common = {"backbone": "resnet110", "image_shape": (3, 32, 32), "num_classes": 10, "batch_size": 1024}
     local = {**common, "method": "local", "num_blocks": 16, "head": "glcan", "head_kwargs": kw, "lookahead": look}
     local["boundaries"] = memory_boundaries(local)
