@@ -6,7 +6,8 @@ block trains through the backbone's own classifier, so every row deploys E2E's n
 - ``r32_k16``: ResNet-32, K=16 (one unit per block), where local learning loses most;
 - ``r32_k8``, ``r32_k4``: ResNet-32, K=8 and K=4, each at the memory split of the default head,
   computed once and pinned for every row;
-- ``sr``: super-resolution x2, the small EDSR at K=4 (configs/sr_x2_edsr_glcan_k4.yaml).
+- ``sr``: super-resolution x2, the small EDSR at K=4 (configs/sr_x2_edsr_glcan_k4.yaml), at the
+  memory split of the default SR head, pinned for both rows.
 
 Rows change one thing against the default GLCAN head (gc pooling, additive fusion): the pooling
 (``avg``: the same attention pooling with its scores frozen at zero, through the same code), and
@@ -81,8 +82,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def pinned_split(k: int) -> list[int]:
-    """The memory split of the default head for ResNet-32 at K (batch 128), pinned for all rows."""
+def pinned_split(setting: str) -> list[int]:
+    """The memory split of the setting's default head, pinned for all its rows: ResNet-32 at K
+    (batch 128), or the SR config's EDSR-small on its 24x24 training inputs (batch 16)."""
+    k = SETTINGS[setting]["k"]
+    if setting == "sr":
+        return memory_boundaries({"task": "sr_x2", "backbone": "edsr_small", "method": "local", "num_blocks": k,
+                                  "head": "sr_glcan", "image_shape": (3, 24, 24), "num_classes": 3, "batch_size": 16})
     if k == 16:
         return list(range(1, 16))
     return memory_boundaries({"backbone": "resnet32", "method": "local", "num_blocks": k, "head": "glcan",
@@ -93,9 +99,9 @@ def base_args(setting: str) -> list[str]:
     s = SETTINGS[setting]
     common = ["--trainer.enable_progress_bar", "false", "--logger", "false"]
     if setting == "sr":
-        return ["--config", SR, *common]
+        return ["--config", SR, "--model.split", json.dumps(pinned_split(setting)), *common]
     return ["--config", CLASSIFICATION, *R32, "--model.num_blocks", str(s["k"]),
-            "--model.split", json.dumps(pinned_split(s["k"])), *common]
+            "--model.split", json.dumps(pinned_split(setting)), *common]
 
 
 def folder(out: Path, setting: str, row: str) -> Path:
@@ -152,7 +158,7 @@ def step_ratio(setting: str, row: str, rounds: int = 6) -> Optional[float]:
     common = {"backbone": "resnet32", "image_shape": (1, 32, 32), "num_classes": 10, "batch_size": 128}
     models = [assemble({**common, "method": "e2e"}),
               assemble({**common, "method": "local", "num_blocks": SETTINGS[setting]["k"],
-                        "boundaries": pinned_split(SETTINGS[setting]["k"]), "head_kwargs": kw, "lookahead": look})]
+                        "boundaries": pinned_split(setting), "head_kwargs": kw, "lookahead": look})]
     updates = [BlockUpdate(m.build_optimizers()) for m in models]
     x, y = torch.randn(128, 1, 32, 32), torch.randint(0, 10, (128,))
     times: list[list[float]] = [[], []]
@@ -231,8 +237,7 @@ def report(out: Path, settings: list[str], seeds: int, command: str, costs: bool
             label = f"**{ROWS[r][0]}**" if r == chosen else ROWS[r][0]
             lines.append(f"| {label} | {ROWS[r][1]} | {n} | {v} | {t_text} | {vs_e2e} | {vs_ref} | {val_ref} | {params} | "
                          f"{'n/a' if ratio is None else f'{ratio:.2f}×'} |")
-        if setting != "sr":
-            lines += ["", f"Split (pinned, first unit of blocks 2..K): {pinned_split(s['k'])}."]
+        lines += ["", f"Split (pinned, first unit of blocks 2..K): {pinned_split(setting)}."]
         lines += [""]
     if chosen and costs:
         lines += ["## The chosen lever's cost", "",

@@ -22,7 +22,7 @@ from glcan.compare import stats
 CLAIM = (-0.01, 0.01)  # local minus E2E, test accuracy: within one point either way (README)
 
 
-@pytest.mark.slow
+@pytest.mark.claim  # six 3-epoch trainings: `make test-claims` / `make ci`, not `make test`
 def test_local_k4_is_within_one_point_of_e2e_as_the_readme_claims(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "--config", LOCAL_CONFIG, "--grid", "model.method=e2e,local", "--seeds", "3",

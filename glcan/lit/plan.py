@@ -15,6 +15,8 @@ in its hyperparameters, so a checkpoint rebuilds it without planning again.
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -28,7 +30,7 @@ from glcan.core.network import SplitNetwork
 from glcan.core.task import Task, get_task
 from glcan.lit.optim import Spec, block_optimizers, spec_class
 from glcan.memory.budget import GIB, BudgetError, frontier, need, parse_bytes
-from glcan.memory.costs import memory_split
+from glcan.memory.costs import SplitCosts, memory_split, split_costs
 from glcan.memory.predictor import as_fake, count_step_flops, predict
 from glcan.memory.report import largest_unit_footprint
 
@@ -95,26 +97,58 @@ def needs_plan(arguments: dict[str, Any]) -> bool:
                            and int(k) > 1)
 
 
+# ---------------------------------------------------------------- measured once per process
+# Planning measures models under FakeTensorMode: seconds per measurement. With a named backbone
+# every measurement is a pure function of plain arguments, and a process asks for the same ones
+# many times (the budget frontier tries each K, then `memory` reports the same methods; a compare
+# grid and its seeds plan one model again and again). So each is measured once per process.
+_MEASURED: dict[tuple[str, str], Any] = {}
+
+
+def _once(kind: str, arguments: dict[str, Any], measure: Callable[[], Any], *extra: Any) -> Any:
+    """``measure()``, remembered under ``kind`` and the plain ``arguments``; a copy is returned.
+    A user's own network (a module or class_path rather than a name) is measured every time."""
+    if not isinstance(arguments.get("backbone", "resnet20"), str):
+        return measure()
+    try:
+        key = (kind, json.dumps([arguments, *extra], sort_keys=True))
+    except TypeError:  # an option given as an object
+        return measure()
+    if key not in _MEASURED:
+        if len(_MEASURED) > 512:
+            _MEASURED.clear()
+        _MEASURED[key] = measure()
+    return copy.deepcopy(_MEASURED[key])
+
+
+# What the memory split's costs depend on (K and the method only choose among them).
+_COST_KEYS = ("task", "image_shape", "num_classes", "backbone", "small_input", "head", "head_kwargs", "last_head",
+              "batch_size")
+
+
 def memory_boundaries(arguments: dict[str, Any]) -> list[int]:
     """The ``split: memory`` boundaries for these arguments (method, K, head, batch size, ...)."""
+    k = int(arguments["num_blocks"])
+    if k == 1:
+        return []
+    costs = _once("split costs", {key: arguments.get(key) for key in _COST_KEYS}, lambda: _split_costs(arguments))
+    return memory_split(costs, k, recompute=arguments["method"] == "local_recompute")
+
+
+def _split_costs(arguments: dict[str, Any]) -> SplitCosts:
     task = get_task(arguments.get("task", "classification"))
     image_shape = tuple(arguments.get("image_shape", (3, 32, 32)))
     num_classes = int(arguments.get("num_classes", 10))
     backbone = task.backbone(arguments.get("backbone", "resnet20"), num_classes, image_shape, arguments.get("small_input"))
     units = list(backbone.units)
-    k = int(arguments["num_blocks"])
-    if k == 1:
-        return []
     head = arguments.get("head", "glcan")
     task.check_head(head)
-    head_kwargs = task.head_kwargs(arguments.get("head_kwargs"))
-    last_head = arguments.get("last_head", "classifier")
     # The last block's classifier counts where it is costly (super-resolution's tail at HR).
     classifier = task.classifier_head(backbone.classifier) if task.costly_classifier else None
-    return memory_split(units, probe_shapes(units, image_shape), k, head=head, head_kwargs=head_kwargs,
-                        num_classes=num_classes, image_shape=image_shape,
-                        batch_size=int(arguments.get("batch_size", 128)), last_head=last_head,
-                        recompute=arguments["method"] == "local_recompute", task=task, classifier=classifier)
+    return split_costs(units, probe_shapes(units, image_shape), head=head,
+                       head_kwargs=task.head_kwargs(arguments.get("head_kwargs")), num_classes=num_classes,
+                       image_shape=image_shape, batch_size=int(arguments.get("batch_size", 128)),
+                       last_head=arguments.get("last_head", "classifier"), task=task, classifier=classifier)
 
 
 def plan(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -172,8 +206,10 @@ def variant(arguments: dict[str, Any], method: str, num_blocks: int) -> dict[str
 
 def predicted_peak(arguments: dict[str, Any], precision: Optional[str] = None) -> Any:
     """The predictor's estimate for planned arguments (a MemoryEstimate)."""
-    return predict(lambda: assemble(arguments), int(arguments.get("batch_size", 128)), arguments["image_shape"],
-                   int(arguments.get("num_classes", 10)), precision=precision or arguments.get("precision", "32-true"))
+    precision = precision or arguments.get("precision", "32-true")
+    return _once("peak", arguments, lambda: predict(
+        lambda: assemble(arguments), int(arguments.get("batch_size", 128)), arguments["image_shape"],
+        int(arguments.get("num_classes", 10)), precision=precision), precision)
 
 
 def budget_frontier(arguments: dict[str, Any], budget: Any, prefer: str) -> dict[str, Any]:
@@ -195,8 +231,8 @@ def budget_frontier(arguments: dict[str, Any], budget: Any, prefer: str) -> dict
 
     def flops(method: str, k: int) -> int:
         a = args_of(method, k)
-        return count_step_flops(lambda: assemble(a), int(a.get("batch_size", 128)), a["image_shape"],
-                                int(a.get("num_classes", 10)))
+        return _once("flops", a, lambda: count_step_flops(lambda: assemble(a), int(a.get("batch_size", 128)),
+                                                          a["image_shape"], int(a.get("num_classes", 10))))
 
     e2e = flops("e2e", 1)
     num_units = len(get_task(arguments.get("task", "classification")).backbone(

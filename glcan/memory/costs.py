@@ -26,6 +26,7 @@ the same whatever the split and is left out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -100,44 +101,62 @@ def head_peak(head: str | nn.Module, shape: Sequence[int], num_classes: int, ima
         return int(tracker.peak - base)
 
 
-def memory_split(
+@dataclass
+class SplitCosts:
+    """What the ``memory`` split weighs, measured once for a model at a batch size and reused
+    for every K: each unit's costs (:func:`unit_costs`), each head's peak by the feature shape it
+    reads, and the last block's classifier when it counts."""
+
+    units: list[dict[str, int]]
+    shapes: list[tuple[int, ...]]
+    heads: dict[tuple[int, ...], int]
+    tail: int = 0
+
+
+def split_costs(
     units: Sequence[nn.Module],
     shapes: Sequence[Sequence[int]],
-    num_blocks: int,
     *,
     head: str,
     head_kwargs: Optional[dict],
     num_classes: int,
     image_shape: Sequence[int],
     batch_size: int,
-    recompute: bool = False,
     last_head: str = "classifier",
     task: Optional[Task] = None,
     classifier: Optional[nn.Module] = None,
-) -> list[int]:
-    """The boundaries that balance the blocks' predicted training memory (``split: memory``).
+) -> SplitCosts:
+    """Measure the costs behind :func:`memory_split` (under FakeTensorMode).
 
-    ``recompute``: the blocks checkpoint every unit (``local_recompute``). ``task``: what the
-    heads' targets look like (default classification). ``classifier``: the last block's head
-    around the backbone's classifier, when its cost counts (else it is taken as free).
+    ``task``: what the heads' targets look like (default classification). ``classifier``: the
+    last block's head around the backbone's classifier, when its cost counts (else it is free).
     """
-    costs = unit_costs(units, image_shape, batch_size)
-    heads: dict[tuple, int] = {}
+    heads: dict[tuple[int, ...], int] = {}
     for s in shapes:
         if tuple(s) not in heads:
             heads[tuple(s)] = head_peak(head, s, num_classes, image_shape, batch_size, head_kwargs, task)
-    prefix = [0]
-    for c in costs:
-        prefix.append(prefix[-1] + (c["in"] if recompute else c["saved"]) + c["grads"])
-
-    tail = 0
-    if classifier is not None and last_head == "classifier":
+    tail = 0  # the backbone's classifier, free unless the task hands in a costly one
+    if last_head != "classifier":  # the last block trains through an auxiliary head of its own
+        tail = heads[tuple(shapes[-1])]
+    elif classifier is not None:
         tail = head_peak(classifier, shapes[-1], num_classes, image_shape, batch_size, task=task)
+    return SplitCosts(unit_costs(units, image_shape, batch_size), [tuple(s) for s in shapes], heads, tail)
+
+
+def memory_split(costs: SplitCosts, num_blocks: int, recompute: bool = False) -> list[int]:
+    """The boundaries that balance the blocks' predicted training memory (``split: memory``).
+
+    ``recompute``: the blocks checkpoint every unit (``local_recompute``).
+    """
+    c = costs.units
+    prefix = [0]
+    for u in c:
+        prefix.append(prefix[-1] + (u["in"] if recompute else u["saved"]) + u["grads"])
 
     def block_cost(i: int, j: int) -> float:
-        largest = max(c["out"] for c in costs[i:j])
-        recomputed = max(c["saved"] for c in costs[i:j]) - costs[j - 1]["in"] if recompute else 0
-        head_cost = tail if (j == len(units) and last_head == "classifier") else heads[tuple(shapes[j - 1])]
+        largest = max(u["out"] for u in c[i:j])
+        recomputed = max(u["saved"] for u in c[i:j]) - c[j - 1]["in"] if recompute else 0
+        head_cost = costs.tail if j == len(c) else costs.heads[costs.shapes[j - 1]]
         return prefix[j] - prefix[i] + recomputed + 2 * largest + head_cost
 
-    return balanced_boundaries(len(units), num_blocks, block_cost)
+    return balanced_boundaries(len(c), num_blocks, block_cost)
