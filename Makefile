@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## the default comparison on the embedded data
 	$(PY) train.py
 
+# Tests run in two single-threaded pytest workers (pytest-xdist): most of a test's time is Python
+# and process start-up, which a second torch thread does not speed up but a second worker does.
+PYTEST := OMP_NUM_THREADS=1 WANDB_MODE=offline $(PY) -m pytest -q -n 2
+
 test: $(STAMP)  ## every test, slow ones included, but the accuracy claims (budget: 8 min)
-	WANDB_MODE=offline $(PY) -m pytest -q -m "not claim"
+	$(PYTEST) -m "not claim"
 
 test-fast: $(STAMP)  ## the default development suite (budget: 2 min)
-	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow and not claim"
+	$(PYTEST) -m "not slow and not claim"
 
 test-claims: $(STAMP)  ## the README's accuracy claims, trained at their documented setting
 	WANDB_MODE=offline $(PY) -m pytest -q -m claim

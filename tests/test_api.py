@@ -29,7 +29,7 @@ def _fit_small_cnn(method: str) -> dict:
     model = glcan.GLCanModule(
         backbone=small_cnn(), method=method, num_blocks=3, head="glcan", num_classes=10,
         image_shape=data.image_shape, batch_size=128,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
     )
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

@@ -129,9 +129,12 @@ def command_help(command: str, summary: str, rest: list[str]) -> str:
         lines += _wrap(flag, text, 26)
     for s in ("model", "data"):
         if s in sections:
+            options = {k: v for k, v in section_options(s).items() if s != "model" or k not in LINKED}
             lines += ["", f"{s} (--{s}.KEY):"]
-            lines += [ln for k, (hint, text) in section_options(s).items() if k not in LINKED
+            lines += [ln for k, (hint, text) in options.items() if k in FIRST[s]
                       for ln in _wrap(k, _describe(hint, text), 20)]
+            lines += textwrap.wrap("more: " + ", ".join(k for k in options if k not in FIRST[s]), _width(),
+                                   initial_indent="  ", subsequent_indent="    ")
     if "trainer" in sections:
         lines += [""] + textwrap.wrap("trainer (--trainer.KEY, Lightning's Trainer): " + ", ".join(TRAINER_KEYS)
                                       + ", ...", _width(), subsequent_indent="  ")
@@ -140,10 +143,13 @@ def command_help(command: str, summary: str, rest: list[str]) -> str:
             lines += textwrap.wrap(f"{s} (--{s}.KEY): " + ", ".join(section_options(s)), _width(), subsequent_indent="  ")
     if command in ("validate", "test", "predict"):
         lines += ["", "The model comes from the checkpoint; data options override its run's config."]
-    lines += ["", f"python train.py {command} --help SECTION   shows one section in full ({', '.join(sections)})"]
+    lines += ["", f"`{command} --help SECTION`: a section in full ({', '.join(sections)})"]
     return "\n".join(lines)
 
 
+# The keys one screen describes; the others are named, and `--help SECTION` describes them all.
+FIRST = {"model": ("backbone", "method", "num_blocks", "split", "head", "head_kwargs", "optimizer", "memory_budget"),
+         "data": ("name", "root", "batch_size", "image_size", "seed", "download")}
 LINKED = ("num_classes", "image_shape", "task", "batch_size", "precision", "boundaries")  # set by the data / planner
 
 

@@ -103,6 +103,9 @@ def needs_plan(arguments: dict[str, Any]) -> bool:
 # many times (the budget frontier tries each K, then `memory` reports the same methods; a compare
 # grid and its seeds plan one model again and again). So each is measured once per process.
 _MEASURED: dict[tuple[str, str], Any] = {}
+# How a model is chosen, not what it is: the same model measured under another budget or policy
+# is the same measurement.
+_PLANNING_ONLY = ("memory_budget", "memory_policy")
 
 
 def _once(kind: str, arguments: dict[str, Any], measure: Callable[[], Any], *extra: Any) -> Any:
@@ -110,8 +113,9 @@ def _once(kind: str, arguments: dict[str, Any], measure: Callable[[], Any], *ext
     A user's own network (a module or class_path rather than a name) is measured every time."""
     if not isinstance(arguments.get("backbone", "resnet20"), str):
         return measure()
+    model = {k: v for k, v in arguments.items() if k not in _PLANNING_ONLY}
     try:
-        key = (kind, json.dumps([arguments, *extra], sort_keys=True))
+        key = (kind, json.dumps([model, *extra], sort_keys=True))
     except TypeError:  # an option given as an object
         return measure()
     if key not in _MEASURED:
