@@ -36,15 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "33554432"}
-if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # before torch allocates anything
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
-
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from glcan.core.timing import MALLOC_ENV  # noqa: E402
+
+if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # the new process allocates under them
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+import torch  # noqa: E402
 
 from glcan.core.step import BlockUpdate, local_step  # noqa: E402
 from glcan.core.timing import Stopwatch, system_busy_s  # noqa: E402
