@@ -2,8 +2,15 @@
 
 Classification (:class:`BlockMetrics`) keys: ``train/loss``, ``train/acc``, ``val/acc``,
 ``test/acc`` (the last head: the network's prediction) and, in local mode,
-``{stage}/block{k}/acc`` and ``train/block{k}/loss`` for every block, the layer-wise curve of
-local learning.
+``{stage}/block{k}/acc`` and ``train/block{k}/loss_step`` / ``_epoch`` for every block, the
+layer-wise curve of local learning.
+
+Training logs cost per call, not per block: every ``self.log`` call is about a millisecond of
+Python on a CPU, and per-block keys made 2K of them a step (a few percent of a K=16 step). So a
+step updates the blocks' metric states and one vector of their losses (:class:`BlockLosses`);
+the per-block step values are logged only on the steps Lightning writes
+(``log_every_n_steps``), and the epoch values once, at the epoch's end. The keys and values are
+those Lightning's ``on_step``/``on_epoch`` logging gave (epoch means weighted by batch size).
 
 Super-resolution (:class:`SRMetrics`) keys: ``train/loss`` (L1), ``{stage}/psnr``,
 ``{stage}/ssim``, ``{stage}/bicubic_psnr``, ``{stage}/bicubic_ssim`` and, in local mode,
@@ -18,6 +25,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -26,6 +34,50 @@ from glcan.heads.sr import bicubic_upscale
 from glcan.lit.loggers import log_image_panels
 
 STAGES = ("train", "val", "test")
+
+
+class BlockLosses(Metric):
+    """The epoch mean of every block's training loss (weighted by batch size): one vector update
+    per step. Each process keeps its own, as Lightning's unsynchronised epoch logs do."""
+
+    full_state_update = False
+
+    def __init__(self, num_blocks: int) -> None:
+        super().__init__(sync_on_compute=False)
+        self.add_state("total", torch.zeros(num_blocks, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, losses: torch.Tensor, batch_size: int) -> None:
+        self.total += losses.detach().to(self.total.dtype) * batch_size
+        self.count += batch_size
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
+def _writes_this_step(module: L.LightningModule) -> bool:
+    """Whether Lightning writes step-level logs for the batch just trained (every
+    ``log_every_n_steps`` batches; the global step already counts this one)."""
+    trainer = module.trainer
+    return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+
+
+def log_block_losses(module: L.LightningModule, losses: BlockLosses, results: list[tuple[torch.Tensor, Any]],
+                     batch_size: int) -> None:
+    """One step: update the epoch means; on a writing step log each block's loss (``_step``)."""
+    stacked = torch.stack([loss.float() for loss, _ in results])
+    losses.update(stacked, batch_size)
+    if _writes_this_step(module):
+        for k, value in enumerate(stacked):
+            module.log(f"train/block{k}/loss_step", value, on_step=True, on_epoch=False)
+
+
+def log_block_loss_means(module: L.LightningModule, losses: BlockLosses) -> None:
+    """The epoch's end: each block's mean training loss (``_epoch``), then a fresh epoch."""
+    if losses.update_count:
+        for k, value in enumerate(losses.compute().reshape(-1)):  # torchmetrics squeezes K=1 to a scalar
+            module.log(f"train/block{k}/loss_epoch", value, on_step=False, on_epoch=True)
+    losses.reset()
 
 
 class BlockMetrics(nn.Module):
@@ -45,6 +97,7 @@ class BlockMetrics(nn.Module):
         self._top5 = nn.ModuleDict(
             {f"{s}_top5": MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False) for s in ("val", "test")} if num_classes > 10 else {}
         )
+        self._train_loss = BlockLosses(num_blocks)
 
     def acc(self, stage: str) -> nn.ModuleList:
         return self._acc[f"{stage}_acc"]
@@ -54,17 +107,24 @@ class BlockMetrics(nn.Module):
         return self._top5[key] if key in self._top5 else None
 
     def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
-        """Log every block's (loss, logits) of one training batch; the last block is the network's."""
-        local, last = len(results) > 1 or module.is_local, len(results) - 1
-        for k, (loss, logits) in enumerate(results):
-            acc = self.acc("train")[k]
-            acc(logits, y)
-            if local:
-                module.log(f"train/block{k}/loss", loss, on_step=True, on_epoch=True)
-                module.log(f"train/block{k}/acc", acc, on_step=False, on_epoch=True)
-            if k == last:
-                module.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-                module.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        """One training batch: every block's (loss, logits); the last block is the network's."""
+        for acc, (_, logits) in zip(self.acc("train"), results):
+            acc.update(logits, y)
+        if len(results) > 1 or module.is_local:
+            log_block_losses(module, self._train_loss, results, y.shape[0])
+        module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
+
+    def log_train_epoch(self, module: L.LightningModule) -> None:
+        """The training epoch's end: every block's accuracy and mean loss, then fresh states."""
+        accs = self.acc("train")
+        if accs[-1].update_count:
+            if len(accs) > 1 or module.is_local:
+                for k, acc in enumerate(accs):
+                    module.log(f"train/block{k}/acc", acc.compute(), on_step=False, on_epoch=True)
+            module.log("train/acc", accs[-1].compute(), on_step=False, on_epoch=True, prog_bar=True)
+        for acc in accs:
+            acc.reset()
+        log_block_loss_means(module, self._train_loss)
 
     def log_eval(self, module: L.LightningModule, stage: str, all_logits: list[torch.Tensor], y: torch.Tensor,
                  x: torch.Tensor | None = None) -> None:
@@ -137,18 +197,20 @@ class SRMetrics(nn.Module):
         self._bicubic = nn.ModuleDict({**{f"{s}_bicubic_psnr": psnr_metric() for s in stages},
                                        **{f"{s}_bicubic_ssim": ssim_metric() for s in stages}})
         self._panels: dict[str, list[torch.Tensor]] = {}
+        self._train_loss = BlockLosses(num_blocks)
 
     def psnr(self, stage: str) -> nn.ModuleList:
         return self._psnr[f"{stage}_psnr"]
 
     def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
-        """Log every block's L1 loss of one training batch; the last block is the network's."""
-        local, last = len(results) > 1 or module.is_local, len(results) - 1
-        for k, (loss, _) in enumerate(results):
-            if local:
-                module.log(f"train/block{k}/loss", loss, on_step=True, on_epoch=True)
-            if k == last:
-                module.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        """One training batch: every block's L1 loss; the last block is the network's."""
+        if len(results) > 1 or module.is_local:
+            log_block_losses(module, self._train_loss, results, y.shape[0])
+        module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
+
+    def log_train_epoch(self, module: L.LightningModule) -> None:
+        """The training epoch's end: every block's mean loss."""
+        log_block_loss_means(module, self._train_loss)
 
     @torch.no_grad()
     def log_eval(self, module: L.LightningModule, stage: str, outputs: list[torch.Tensor], y: torch.Tensor,

@@ -222,6 +222,7 @@ class GLCanModule(L.LightningModule):
         return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
     def on_train_epoch_end(self) -> None:
+        self.metrics.log_train_epoch(self)
         step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "epoch")
 
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
