@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from glcan.cli.main import main as train_py  # noqa: E402
+from glcan.cli import main as train_py  # noqa: E402
 from glcan.data import mnist5k  # noqa: E402
 from glcan.io import write_text  # noqa: E402
 

@@ -38,7 +38,7 @@ import warnings  # noqa: E402
 
 import torch  # noqa: E402
 
-from glcan.cli.main import main as train_py  # noqa: E402
+from glcan.cli import main as train_py  # noqa: E402
 from glcan.lit import GLCanModule  # noqa: E402
 
 CONFIG = ROOT / "configs" / "mnist5k_resnet20_glcan_k4.yaml"

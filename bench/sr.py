@@ -40,9 +40,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT))
 
-from glcan.cli import run as run_command  # noqa: E402
-from glcan.cli.compare import check, command_line, parse_args  # noqa: E402
-from glcan.cli.main import _quiet  # noqa: E402
+from glcan.cli import quiet  # noqa: E402
+from glcan.cli.cli import run_fit  # noqa: E402
+from glcan.cli.compare import check_grid, command_line, parse  # noqa: E402
 from glcan.compare.comparison import run_comparison  # noqa: E402
 from glcan.compare.grid import expand  # noqa: E402
 from glcan.io import atomic_write, write_json, write_text  # noqa: E402
@@ -58,25 +58,25 @@ def compare(out: Path, fresh: bool) -> tuple[list[dict[str, Any]], dict[str, flo
     """Train the grid (resuming), timing each fit; (summaries, seconds per run id, command)."""
     if fresh and out.exists():
         shutil.rmtree(out)
-    argv = ["--config", CONFIG, *GRID, "--out", str(out), "--logger.enabled", "false",
+    argv = ["--config", CONFIG, *GRID, "--out", str(out), "--logger", "false",
             "--trainer.enable_progress_bar", "false"]
-    opts = parse_args(argv)
-    base = check(opts)
-    plan = expand(opts, {"model.method": base.model.method, "model.num_blocks": base.model.num_blocks,
-                         "model.head": base.model.head})
+    cli, opts = parse(argv)  # compare's own parse and checks (train.py compare's main, with a timed fit)
+    check_grid(cli, opts)
+    base = cli.config.model
+    plan = expand(opts, {"model.method": base.method, "model.num_blocks": base.num_blocks, "model.head": base.head})
     times_path = out / "fit_seconds.json"
     seconds: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
 
     def timed_fit(args: list[str]) -> int:
         run_id = Path(args[args.index("--run_dir") + 1]).name
         t0 = time.perf_counter()
-        code = run_command.fit(args)
+        code = run_fit(args)
         seconds[run_id] = round(time.perf_counter() - t0, 1)
         write_json(times_path, seconds)
         return code
 
     command = command_line(argv)
-    code = run_comparison(opts, plan, base.get("logger"), command, fit=timed_fit)
+    code = run_comparison(opts, plan, cli.config.get("logger"), command, fit=timed_fit)
     if code != 0:
         raise SystemExit(f"the comparison did not finish (status {code}); see {out / 'report.md'}")
     summaries = [json.loads((out / "runs" / p.run_id / "summary.json").read_text()) | {"run_id": p.run_id}
@@ -191,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cmd = "python bench/sr.py" + "".join(f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))
     os.chdir(ROOT)  # the config and the default paths are the repository's
     os.environ.setdefault("WANDB_MODE", "disabled")
-    _quiet()
+    quiet()
     summaries, seconds, command = compare(args.out, args.fresh)
     s = Setting("edsr_baseline", 2, 96)
     local, e2e = ratio(s, "local", 4)

@@ -11,8 +11,10 @@ from conftest import E2E_CONFIG, LOCAL_CONFIG, fit
 from glcan.cli import main
 from glcan.core.step import BlockUpdate, local_step
 from glcan.lit import GLCanModule
+from glcan.lit import plan as plan_module
 from glcan.lit.plan import assemble, memory_report, plan
 from glcan.memory import MemoryTracker, measure_steps, predict
+from glcan.memory.costs import memory_split
 
 
 def test_tracker_counts_live_storages_exactly():
@@ -107,6 +109,19 @@ def test_memory_split_beats_uniform_for_resnet110_k4():
     # Balanced: the blocks' peaks are close to one another, unlike the uniform split's.
     assert max(memory_blocks) / min(memory_blocks) < max(uniform_blocks) / min(uniform_blocks)
 
+
+
+def test_recompute_split_is_the_candidate_with_the_lower_measured_peak():
+    """Under recomputation the cost model's two counts of a head's gradient can pick different
+    splits; the plan measures both and keeps the lower peak (ResNet-32, K=8: they differ)."""
+    args = {**BASE, "method": "local_recompute", "backbone": "resnet32", "num_blocks": 8, "split": "memory",
+            "batch_size": 128, "boundaries": None}
+    costs = plan_module._split_costs(args)
+    candidates = [memory_split(costs, 8, recompute=True, shared_gradient=s) for s in (False, True)]
+    assert candidates[0] != candidates[1]
+    chosen = plan_module.memory_boundaries(args)
+    peaks = {tuple(b): plan_module.predicted_peak({**args, "boundaries": b}).peak_bytes for b in candidates}
+    assert tuple(chosen) in peaks and peaks[tuple(chosen)] == min(peaks.values())
 
 def test_report_has_the_floor_below_every_split():
     module = _module("local")

@@ -29,6 +29,7 @@ from glcan.lit import GLCanModule
 from glcan.cli import main
 from glcan.parallel import PipelineError
 from glcan.parallel.job import batches_per_epoch, block_times_ms, group_blocks, stepping
+from glcan.parallel.throughput import Link, predict
 
 # 4 blocks, 2 epochs x 3 batches of 16, OneCycle stepped per batch (the config's schedule).
 RUN = ["--config", LOCAL_CONFIG, *SHRINK, "--model.split", "uniform", "--trainer.max_epochs", "2",
@@ -402,3 +403,31 @@ def test_ddp_mode_through_train_py(tmp_path):
     # 64 images in batches of 16 split over 2 replicas: 2 batches each (limit_train_batches=3 not reached)
     assert s["method"] == "local" and s["global_step"] == 2 and 0 <= s["test_acc"] <= 1
     assert (run_dir / "checkpoints/last.ckpt").exists()
+
+
+# ---------------------------------------------------------------- the throughput model
+def test_throughput_model_periods_bubbles_and_bottlenecks():
+    """The pipeline delivers one batch per period of its slowest resource: a stage (its blocks'
+    time, plus its all-reduce with replicas) or a link; speedup and bubble follow from it."""
+    fast = Link("fast", 1e12, 0.0)
+    # Two equal stages: twice one device, no bubble; over a run the fill costs one batch.
+    p = predict([0.1, 0.1, 0.1, 0.1], [1e6] * 4, [[0, 1], [2, 3]], 100, fast, batches=10)
+    assert p.period_s == pytest.approx(0.2) and p.speedup == pytest.approx(2.0) and p.bubble == pytest.approx(0.0)
+    assert p.bubble_run == pytest.approx(1 - 10 * 0.4 / (2 * (0.4 + 9 * 0.2)), rel=1e-4)  # + 1 us on the link
+    assert p.images_per_s == pytest.approx(500.0) and p.bottleneck == "stage 0"
+    # Unequal stages: the slow one sets the pace and the fast one waits.
+    p = predict([0.3, 0.1], [1e6, 1e6], [[0], [1]], 100, fast)
+    assert p.period_s == pytest.approx(0.3) and p.speedup == pytest.approx(4 / 3) and p.bubble == pytest.approx(1 / 3)
+    # A slow link (8 MB at 40 MB/s = 0.2 s) overlapped with compute becomes the bottleneck...
+    slow = Link("slow", 40e6, 0.0)
+    p = predict([0.1, 0.1], [8e6, 8e6], [[0], [1]], 100, slow)
+    assert p.bottleneck == "link 0->1" and p.period_s == pytest.approx(0.2)
+    # ...and without overlap both ends pay it.
+    p = predict([0.1, 0.1], [8e6, 8e6], [[0], [1]], 100, slow, overlap=False)
+    assert p.period_s == pytest.approx(0.3) and p.stage_s == pytest.approx([0.3, 0.3])
+    # Replicas: R batches per period, each stage pays a ring all-reduce of its own gradients.
+    p = predict([0.1, 0.1], [1e6, 1e6], [[0], [1]], 100, fast, replicas=4, grad_bytes=[4e6, 0.0],
+                network=Link("net", 1e9, 0.0))
+    assert p.stage_s == pytest.approx([0.1 + 2 * 3 / 4 * 4e-3, 0.1]) and p.speedup == pytest.approx(4 * 0.2 / p.period_s)
+    with pytest.raises(ValueError, match="grad_bytes"):
+        predict([0.1], [1e6], [[0]], 100, fast, replicas=2)
