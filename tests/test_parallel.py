@@ -428,6 +428,7 @@ def test_throughput_model_periods_bubbles_and_bottlenecks():
     # Replicas: R batches per period, each stage pays a ring all-reduce of its own gradients.
     p = predict([0.1, 0.1], [1e6, 1e6], [[0], [1]], 100, fast, replicas=4, grad_bytes=[4e6, 0.0],
                 network=Link("net", 1e9, 0.0))
-    assert p.stage_s == pytest.approx([0.1 + 2 * 3 / 4 * 4e-3, 0.1]) and p.speedup == pytest.approx(4 * 0.2 / p.period_s)
+    assert p.stage_s == pytest.approx([0.1 + 2 * 3 * 1e-3, 0.1])  # 2(R-1) ring steps of 1 MB at 1 GB/s
+    assert p.speedup == pytest.approx(4 * 0.2 / p.period_s)
     with pytest.raises(ValueError, match="grad_bytes"):
         predict([0.1], [1e6], [[0]], 100, fast, replicas=2)

@@ -6,7 +6,7 @@ slowest resource. The resources are
 
 * each stage's compute: the sum of its blocks' step times (forward, head, backward, optimizer),
   plus, with R > 1 replicas, the ring all-reduce of its blocks' gradients with the same stage of
-  the other replicas (``2 (R-1)/R x bytes / bandwidth``, not overlapped with compute: the
+  the other replicas (``2 (R-1) x (bytes / R / bandwidth + latency)``, not overlapped with compute: the
   conservative case);
 * each link between consecutive stages: one boundary activation per batch
   (``bytes / bandwidth + latency``). With ``overlap=True`` (NCCL on GPUs, copy engines) a
@@ -20,7 +20,7 @@ run of N batches (the P-1 batches of fill and drain). The inputs are measured, n
 per-block step times (``glcan.parallel.job.block_times_ms``, which the pipeline launcher uses
 for its grouping), activation and gradient sizes; only the links are assumptions, named in
 :data:`LINKS`. bench/pipeline_model.py checks the model against measured pipeline runs and
-writes the GPU predictions in docs/parallel.md's table.
+writes the GPU predictions to docs/benchmarks/pipeline_model.md.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def predict(block_s: Sequence[float], boundary_bytes: Sequence[float], groups: S
     for s, (g, c) in enumerate(zip(groups, compute)):
         t = c
         if replicas > 1:
-            t += 2 * (replicas - 1) / replicas * network.seconds(sum(grad_bytes[b] for b in g))  # type: ignore[index]
+            nbytes = sum(grad_bytes[b] for b in g)  # type: ignore[index]
+            # ring all-reduce: 2(R-1) steps, each moving 1/R of the gradients
+            t += 2 * (replicas - 1) * (nbytes / replicas / network.bytes_per_s + network.latency_s)
         if not overlap:
             t += (link_s[s - 1] if s > 0 else 0.0) + (link_s[s] if s < len(link_s) else 0.0)
         stage_s.append(t)
