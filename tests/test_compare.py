@@ -21,6 +21,7 @@ from glcan.cli import compare
 from glcan.cli import main as entry_main
 from glcan.cli.compare import main as compare_main
 from glcan.compare.grid import CompareError, expand
+from glcan.lit.rundir import RunDir, holder
 
 REPO = ROOT
 BASE = LOCAL_CONFIG
@@ -261,3 +262,35 @@ def test_shards_train_their_share_and_the_report_merges_them(tmp_path, monkeypat
     assert (tmp_path / "o" / "report.md").is_file()
     with pytest.raises(CompareError, match="needs i/n"):
         compare_main([*argv, "--shard", "2/2"])
+
+
+def test_a_run_in_use_by_another_process_is_left_alone(tmp_path, monkeypatch):
+    """Overlapping shards or a second compare on one folder: a run directory whose lock is held
+    (a run training right now) is neither removed nor trained again; it is reported as not run.
+    Before, compare deleted the directory under the running process and trained into it too,
+    and both runs died on a mixed metrics.csv."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    ran: list[str] = []
+
+    def fake_fit(args):
+        run_dir = Path(args[args.index("--run_dir") + 1])
+        ran.append(run_dir.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        summary = {"method": "local" if "local" in run_dir.name else "e2e", "test_acc": 0.9, "block_acc": [0.9],
+                   "seed": 0, "peak_memory_bytes": 2**20, "num_classes": 10}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return 0
+
+    monkeypatch.setattr(compare, "run_fit", fake_fit)
+    out = tmp_path / "o"
+    busy = RunDir(out / "runs" / "local_k2_glcan_s0", record={}).acquire()  # "another process" training it
+    (busy.path / "metrics.csv").write_text("epoch\n0\n")
+    argv = ["--config", BASE, "--grid", "model.method=e2e,local", "--seeds", "1", *FAST, "--out", str(out)]
+    try:
+        assert compare_main(argv) == 1  # incomplete: one run is still someone else's
+        assert ran == ["e2e_s0"] and (busy.path / "metrics.csv").read_text() == "epoch\n0\n"
+        assert "in use by another process" in (out / "report.md").read_text()
+    finally:
+        busy.release()
+    assert holder(busy.path) is None  # released: the next compare trains it
+    assert compare_main(argv) == 0 and ran == ["e2e_s0", "local_k2_glcan_s0"]

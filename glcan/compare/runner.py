@@ -6,7 +6,8 @@ by the command layer. A fit tests the model and writes ``summary.json`` atomical
 whose summary.json exists is complete and is skipped on the next call. A run that was
 interrupted (a ``last.ckpt`` but no summary) continues from that checkpoint with
 ``--ckpt_path last``; a run directory with neither is left from a run that never got going and
-is started again.
+is started again. A run directory that another process is training in (its lock is held: an
+overlapping shard, a second compare on the same folder) is left alone and reported as not run.
 
 Failure policy: a run that raises is reported (one line here, the traceback in
 ``runs/<id>/error.txt``) and the comparison **continues** with the other points; the report
@@ -28,6 +29,7 @@ from typing import Callable, Optional
 
 from glcan.compare.grid import Point
 from glcan.lit.loggers import finish_wandb
+from glcan.lit.rundir import holder
 
 SUMMARY = "summary.json"
 ERROR = "error.txt"
@@ -74,6 +76,11 @@ def run_all(
             outcomes[id(point)] = Outcome(point, "not run")
             continue
         rd = run_dir(out, point)
+        pid = holder(rd)
+        if pid is not None:  # never remove or resume a run that is training right now
+            outcomes[id(point)] = Outcome(point, "not run", f"in use by another process (pid {pid}); left to it")
+            say(f"{point.run_id}: NOT RUN: in use by another process (pid {pid}); left to it")
+            continue
         resume = (rd / LAST).is_file()
         if resume:
             say(f"{point.run_id}: resuming the interrupted run from {rd / LAST}")

@@ -106,6 +106,24 @@ class RunDir:
         return path
 
 
+def holder(path: str | Path) -> Optional[str]:
+    """The pid of the live process that holds ``path``'s run lock, or None when no run is in it.
+
+    The same non-blocking lock :meth:`RunDir.acquire` takes, taken and dropped at once: a run
+    killed with ``kill -9`` holds nothing, so a stale lock file never counts."""
+    lock = Path(path) / LOCK_FILE
+    if not lock.is_file():
+        return None
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return f.read().strip() or "?"
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
+
+
 def _read_record(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / RUN_FILE).read_text())
