@@ -239,12 +239,20 @@ def report(out: Path, settings: list[str], seeds: int, command: str, costs: bool
                          f"{'n/a' if ratio is None else f'{ratio:.2f}×'} |")
         lines += ["", f"Split (pinned, first unit of blocks 2..K): {pinned_split(setting)}."]
         lines += [""]
-    if chosen and costs:
-        lines += ["## The chosen lever's cost", "",
-                  f"Predicted peak memory at ResNet-110, CIFAR, batch 1024, K=16 (memory split), over E2E's: default "
-                  f"{r110_memory('default'):.3f}, `{chosen}` {r110_memory(chosen):.3f} (target ≤ 0.10). Step CPU time "
-                  "over E2E's is in the tables (ResNet-32, batch 128, 1 thread, the row's model and E2E interleaved in "
-                  "one process, fastest of 6 steps each; target ≤ 1.10).", ""]
+    if costs and "r32_k16" in settings:
+        ran = [r for r in ["default", *LEVERS] if summaries(out, "r32_k16", r)]
+        lines += ["## What each lever costs", "",
+                  "Predicted peak memory at ResNet-110, CIFAR, batch 1024, K=16 (memory split), over E2E's (target "
+                  "≤ 0.10), and step CPU time over E2E's at ResNet-32 K=16 (batch 128, 1 thread, the row's model and "
+                  "E2E interleaved in one process, fastest of 6 steps each; target ≤ 1.10), beside what the lever buys "
+                  "on validation at K=16. The chosen lever is picked on validation accuracy alone; the costs say "
+                  "which levers a memory or time budget leaves.", "",
+                  "| row | Δ val vs default at K=16 (points) | memory / E2E | step CPU / E2E |", "|---|---|---|---|"]
+        val_default = by_seed(summaries(out, "r32_k16", "default"), "val_acc")
+        for r in ran:
+            gain = "—" if r == "default" else fmt(stats.paired(by_seed(summaries(out, "r32_k16", r), "val_acc"), val_default), 100.0)
+            lines.append(f"| {ROWS[r][0]} | {gain} | {r110_memory(r):.3f} | {step_ratio('r32_k16', r):.2f}× |")
+        lines += [""]
     if chosen:
         lines += targets(out, chosen, settings, costs)
     lines += TRIED
