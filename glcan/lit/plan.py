@@ -114,8 +114,8 @@ def _one_fake_mode(arguments: dict[str, Any]) -> Iterator[None]:
     """Run all of one planning question's measurements in one FakeTensorMode. Each prediction
     would otherwise open its own mode and start with an empty dispatch cache (see
     ``glcan.memory.predictor.fake_mode``); the candidates of a budget frontier run the same
-    operators on the same shapes, so one mode's cache serves them all: planning takes about 40%
-    less time, with the same bytes. A user's own network (module objects, real tensors) is
+    operators on the same shapes, so one mode's cache serves them all: the same bytes, in
+    less time. A user's own network (module objects, real tensors) is
     measured as before, each prediction in its own mode."""
     with fake_mode() if isinstance(arguments.get("backbone", "resnet20"), str) else nullcontext():
         yield
