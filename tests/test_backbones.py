@@ -23,7 +23,7 @@ def test_registry_lists_builtin_backbones() -> None:
     assert names.index("resnet18") < names.index("resnet20") < names.index("resnet110")
 
 
-@pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.parametrize("name", [n for n in list_backbones() if not n.startswith("vit")])  # ViTs: test_vit.py
 def test_every_backbone_is_units_then_classifier(name: str) -> None:
     # Shapes only, so on the meta device: VGG's classifier alone is 120M parameters to initialise.
     with torch.device("meta"):

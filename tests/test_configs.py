@@ -10,7 +10,7 @@ from glcan.cli.cli import GLCanCLI
 
 EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "defaults.yaml")
 # The deep networks' memory split measures every unit at build time: those are marked slow.
-PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if ("resnet110" in p.stem or "resnet50" in p.stem) else [])
+PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if any(n in p.stem for n in ("resnet110", "resnet50", "vit_b_16")) else [])
           for p in EXPERIMENTS]
 
 
@@ -31,8 +31,8 @@ def test_there_are_the_promised_experiments():
     for required in ("mnist5k_resnet20_e2e", "mnist5k_resnet20_glcan_k4", "cifar10_resnet32_glcan_k4",
                      "cifar10_resnet110_e2e", "cifar10_resnet110_glcan_k4", "cifar10_resnet110_glcan_k16"):
         assert required in names  # docs and users' scripts name these paths
-    # composed by concern, not a grid stored as files (the super-resolution configs come on top)
-    assert len([p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("sr_")]) <= 20
+    # composed by concern, not a grid stored as files (the super-resolution and ViT configs come on top)
+    assert len([p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("sr_") and "_vit_" not in p.name]) <= 20
 
 
 @pytest.mark.parametrize("config", [p for p in EXPERIMENTS if p.name != "defaults.yaml"], ids=lambda p: p.stem)

@@ -257,8 +257,9 @@ def test_unknown_head_option() -> None:
         build_head("linear", (16, 8, 8), 10, image_shape=IMAGE, foo=1)
     with pytest.raises(ValueError, match=r"unknown option\(s\): widht; it takes: width, pool_size"):
         build_head("glcan", (16, 8, 8), 10, image_shape=IMAGE, widht=8)
-    with pytest.raises(ValueError, match="in_shape"):
-        build_head("glcan", (16, 8), 10, image_shape=IMAGE)
+    for shape in [(16,), (16, 8, 8, 2), (16, 0, 8)]:  # (T, D) is tokens: glcan's token form (test_vit.py)
+        with pytest.raises(ValueError, match="in_shape"):
+            build_head("glcan", shape, 10, image_shape=IMAGE)
 
 
 def test_register_head(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,8 +19,9 @@ beyond the three (super-resolution backbones take ``scale``), passed by `build_b
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from glcan.backbones.backbone import Backbone
 from glcan.registry import Registry
@@ -64,6 +65,7 @@ def build_backbone(
     num_classes: int,
     in_channels: int = 3,
     small_input: bool | None = None,
+    image_size: Optional[tuple[int, int]] = None,
     **options: Any,
 ) -> Backbone:
     """Build a registered backbone.
@@ -75,6 +77,8 @@ def build_backbone(
         small_input: adapt an ImageNet-style network to 32x32 inputs (3x3 stem, no max-pool,
             global-pool classifier). ``None`` lets the network choose its natural default:
             False for torchvision networks; CIFAR ResNets are small-input by design.
+        image_size: (H, W) of the input images, passed to factories that take it (a Vision
+            Transformer's position embedding is sized by it); convolutional networks ignore it.
         **options: keyword options of the factory (``scale`` for super-resolution backbones).
 
     Returns:
@@ -90,6 +94,8 @@ def build_backbone(
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if small_input is not None and not isinstance(small_input, bool):
         raise ValueError(f"small_input must be True, False or None, got {small_input!r}")
+    if image_size is not None and "image_size" in inspect.signature(factory).parameters:
+        options["image_size"] = tuple(int(s) for s in image_size)
     backbone = factory(num_classes, in_channels, small_input, **options)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"factory for backbone {name!r} returned {type(backbone).__name__}, not a Backbone")

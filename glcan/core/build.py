@@ -107,7 +107,8 @@ def as_backbone(spec: Any, num_classes: int, image_shape: Sequence[int], small_i
         factory = _import(spec)
         return as_backbone(factory() if callable(factory) else factory, num_classes, image_shape, small_input)
     if isinstance(spec, str):
-        return build_backbone(spec, num_classes, in_channels=image_shape[0], small_input=small_input)
+        return build_backbone(spec, num_classes, in_channels=image_shape[0], small_input=small_input,
+                              image_size=tuple(image_shape[1:]))
     if isinstance(spec, Backbone):
         return spec
     if isinstance(spec, nn.Sequential) or (isinstance(spec, (list, tuple)) and all(isinstance(m, nn.Module) for m in spec)):

@@ -13,6 +13,11 @@ the same way::
     @register_head("mine")
     class MyHead(AuxHead):
         def __init__(self, in_shape, num_classes, depth: int = 2): ...
+
+A block of a token backbone (a Vision Transformer) outputs N x T x D tokens, not a map: for
+an ``in_shape`` of two dimensions, ``build_head`` builds the name's *token form*
+(``register_token_head``, glcan.heads.tokens: ``glcan`` and ``linear``) and refuses a head
+that has none in one line.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ _HEADS: Registry[HeadFactory] = Registry("head")
 register_head = _HEADS.register
 list_heads = _HEADS.names
 _lookup = _HEADS.get
+_TOKEN_HEADS: Registry[HeadFactory] = Registry("token head")
+register_token_head = _TOKEN_HEADS.register  # the form of a head for N x T x D tokens (same name)
 
 
 def _parameters(factory: HeadFactory) -> dict[str, inspect.Parameter]:
@@ -59,13 +66,13 @@ def head_options(name: str) -> list[str]:
     return [k for k in _parameters(_lookup(name)) if k not in PLACEMENT_KEYWORDS]
 
 
-def _check_shape(in_shape: Any, num_classes: Any) -> tuple[int, int, int]:
+def _check_shape(in_shape: Any, num_classes: Any) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in in_shape)
     except (TypeError, ValueError):
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"a head needs in_shape = (C, H, W) of positive sizes, got {in_shape!r}")
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"a head needs in_shape = (C, H, W) or, for tokens, (T, D) of positive sizes, got {in_shape!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"a head needs num_classes >= 1, got {num_classes!r}")
     return shape  # type: ignore[return-value]
@@ -90,7 +97,8 @@ def build_head(
 
     Args:
         name: a name from `list_heads` (``glcan``, ``linear``, ``dgl``, ``infopro``, ...).
-        in_shape: the block's output shape without the batch dimension, (C, H, W).
+        in_shape: the block's output shape without the batch dimension, (C, H, W), or (T, D)
+            for tokens (the head's token form is built).
         num_classes: number of classes the head predicts.
         image_shape: the network input's shape (C, H, W); heads that reconstruct it use it.
         block_index: index k of the block the head sits on (0-based).
@@ -106,6 +114,11 @@ def build_head(
     """
     factory = _lookup(name)
     shape = _check_shape(in_shape, num_classes)
+    if len(shape) == 2:  # tokens: the head's token form
+        if name not in _TOKEN_HEADS.names():
+            raise ValueError(f"head {name!r} reads feature maps (C, H, W), but this block outputs tokens {shape} "
+                             f"(T, D); token heads: {', '.join(_TOKEN_HEADS.names())}")
+        factory = _TOKEN_HEADS.get(name)
     params = _parameters(factory)
     options = [k for k in params if k not in PLACEMENT_KEYWORDS]
     open_ended = _takes_any_keyword(factory)  # a ``**kwargs`` factory checks its own options

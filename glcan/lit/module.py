@@ -38,7 +38,7 @@ class GLCanModule(L.LightningModule):
     builds and measures nothing.
 
     Args:
-        backbone: a registry name (resnet20, resnet110, resnet50, vgg16_bn, ...) or your own.
+        backbone: a registry name (resnet20, resnet110, resnet50, vgg16_bn, vit_tiny, ...) or your own.
             Your own network: a ``glcan.backbones.Backbone``, an ``nn.Sequential`` or list of
             units, or (from a config) ``class_path`` to a function that returns one (docs/guide.md).
         method: e2e, e2e_recompute, local or local_recompute. The ``_recompute`` methods (gradient checkpointing)
@@ -51,6 +51,7 @@ class GLCanModule(L.LightningModule):
             index at which each block after the first starts.
         head: the auxiliary head of every block but the last: glcan, linear, dgl or infopro.
             The last block trains through the backbone's own classifier (see ``last_head``).
+            Blocks that output tokens (a ViT) get the head's token form: glcan or linear.
         head_kwargs: options passed to the head, e.g. {"pooling": "avg"} (docs/heads.md).
         last_head: what trains the last block: classifier (the backbone's own) or head.
             ``classifier`` deploys exactly E2E's network; ``head`` a head like the other blocks'.

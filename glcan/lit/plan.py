@@ -32,7 +32,7 @@ from glcan.core.task import Task, get_task
 from glcan.lit.optim import Spec, block_optimizers, spec_class
 from glcan.memory.budget import GIB, BudgetError, frontier, need, parse_bytes
 from glcan.memory.costs import SplitCosts, memory_split, split_costs
-from glcan.memory.predictor import as_fake, count_step_flops, fake_mode, predict
+from glcan.memory.predictor import as_fake, build_fake, count_step_flops, fake_mode, predict
 from glcan.memory.report import largest_unit_footprint
 
 @dataclass
@@ -72,7 +72,7 @@ def assemble(arguments: dict[str, Any]) -> Trainable:
     if is_local(method):
         task.check_head(a.get("head", "glcan"))
     num_classes, image_shape = int(a.get("num_classes", 10)), tuple(a.get("image_shape", (3, 32, 32)))
-    built = task.backbone(spec, num_classes, image_shape, a.get("small_input"))
+    built = build_fake(lambda: task.backbone(spec, num_classes, image_shape, a.get("small_input")))
     k = int(a.get("num_blocks", 4)) if is_local(method) else 1
     boundaries = a.get("boundaries")
     net = build_network(built, method, num_blocks=k, split=boundaries if boundaries is not None else a.get("split", "memory"),
@@ -160,11 +160,18 @@ def memory_boundaries(arguments: dict[str, Any]) -> list[int]:
     return min(candidates, key=lambda b: predicted_peak({"image_shape": [3, 32, 32], **arguments, "boundaries": b}).peak_bytes)
 
 
+def _backbone(arguments: dict[str, Any]) -> Any:
+    """The backbone that ``arguments`` name (fake tensors under a fake mode: build_fake)."""
+    task = get_task(arguments.get("task", "classification"))
+    return build_fake(lambda: task.backbone(arguments.get("backbone", "resnet20"), int(arguments.get("num_classes", 10)),
+                                            tuple(arguments.get("image_shape", (3, 32, 32))), arguments.get("small_input")))
+
+
 def _split_costs(arguments: dict[str, Any]) -> SplitCosts:
     task = get_task(arguments.get("task", "classification"))
     image_shape = tuple(arguments.get("image_shape", (3, 32, 32)))
     num_classes = int(arguments.get("num_classes", 10))
-    backbone = task.backbone(arguments.get("backbone", "resnet20"), num_classes, image_shape, arguments.get("small_input"))
+    backbone = _backbone(arguments)
     units = list(backbone.units)
     head = arguments.get("head", "glcan")
     task.check_head(head)
@@ -265,9 +272,7 @@ def _budget_frontier(arguments: dict[str, Any], budget: Any, prefer: str) -> dic
                                                           a["image_shape"], int(a.get("num_classes", 10))))
 
     e2e = flops("e2e", 1)
-    num_units = len(get_task(arguments.get("task", "classification")).backbone(
-        arguments.get("backbone", "resnet20"), int(arguments.get("num_classes", 10)),
-        tuple(arguments["image_shape"]), arguments.get("small_input")).units)
+    num_units = _backbone(arguments).num_units
     answer = frontier(budget, peak_of, num_units, lambda m, k: flops(m, k) / e2e, prefer)
     answer["num_units"] = num_units
     if answer["choice"] is None:
@@ -315,8 +320,7 @@ def _memory_report(module: Any, base: dict[str, Any], budget: Optional[Union[int
         k = local["num_blocks"] if local else 4
     k = int(k)
     estimates = {m: predicted_peak(variant(base, m, k), precision) for m in METHODS}
-    units = get_task(base.get("task", "classification")).backbone(
-        base.get("backbone", "resnet20"), num_classes, tuple(image_shape), base.get("small_input")).units
+    units = _backbone(base).units
     unit_index, unit_bytes = largest_unit_footprint(list(units), image_shape, batch_size)
     local = estimates["local"]
     resident = sum(local.parts.get(c, 0) for c in ("parameters", "optimizer_state", "input"))

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
+from torch._subclasses.fake_tensor import (DataDependentOutputException, FakeTensor, FakeTensorMode,
+                                           unset_fake_temporarily)
 from torch import nn
 
 from glcan.core.step import BlockUpdate, local_step
@@ -92,6 +93,18 @@ def as_fake(module: nn.Module) -> nn.Module:
     # Fresh fake tensors of the same shapes (values do not matter to memory); converting the real
     # ones with mode.from_tensor would tie the fake mode to them.
     return copy._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype))
+
+
+def build_fake(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` under the active fake mode; a module whose initialisation reads its own values
+    (torchvision's ViT draws its patch projection with ``trunc_normal_``, which checks its samples)
+    cannot be built fake, so it is built real and copied as fake tensors (:func:`as_fake`)."""
+    try:
+        return build()
+    except DataDependentOutputException:
+        with unset_fake_temporarily():
+            real = build()
+        return as_fake(real)
 
 
 def measure_steps(model: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2, precision: str = "32-true") -> MemoryEstimate:
