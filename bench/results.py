@@ -8,7 +8,7 @@ mean paired difference with its 95% t-interval (glcan.compare.stats). The table,
 the runs come from ``train.py compare``; rerunning resumes it.
 
 ``--setting vit``: the tiny Vision Transformer on the same digits
-(configs/mnist5k_vit_tiny_glcan_k4.yaml: 3 epochs, batch 128, AdamW + one-cycle), E2E and local
+(configs/mnist5k_vit_tiny_glcan_k4.yaml: 10 epochs, batch 64, AdamW + one-cycle), E2E and local
 K=4 with the GLCAN token head and with the linear token head (the baseline it must beat:
 ``--baseline model.head=linear``), -> docs/results_vit.md.
 
@@ -45,9 +45,9 @@ SETTINGS = {
     "vit": ("configs/mnist5k_vit_tiny_glcan_k4.yaml",
             ["--grid", "model.method=e2e,local", "--grid", "model.head=glcan,linear", "--baseline", "model.head=linear"],
             "results_vit.md", "a Vision Transformer, local against end-to-end, on the embedded digits",
-            "vit_tiny (torchvision's VisionTransformer: 12 layers, width 192, 3 attention heads, 4-pixel patches) on "
-            "mnist5k (4,000 train / 500 val / 500 test real digits, one fixed split): 3 epochs, batch 128, AdamW "
-            "(lr 0.001, weight decay 0.05) with a one-cycle schedule. Local: K=4, the token form of the head "
+            "vit_tiny (torchvision's VisionTransformer: 6 layers, width 128, 4 attention heads, MLP 256, 4-pixel "
+            "patches) on mnist5k (4,000 train / 500 val / 500 test real digits, one fixed split): 10 epochs, batch 64, "
+            "AdamW (lr 0.001, weight decay 0.05) with a one-cycle schedule. Local: K=4, the token form of the head "
             "(glcan: GC attention pooling over the patch tokens fused with the class token; linear: the class "
             "token alone)."),
 }
