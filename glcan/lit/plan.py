@@ -321,7 +321,7 @@ def _memory_report(module: Any, base: dict[str, Any], budget: Optional[Union[int
     k = int(k)
     estimates = {m: predicted_peak(variant(base, m, k), precision) for m in METHODS}
     units = _backbone(base).units
-    unit_index, unit_bytes = largest_unit_footprint(list(units), image_shape, batch_size)
+    unit_index, unit_bytes = largest_unit_footprint(list(units), image_shape, batch_size, precision)
     local = estimates["local"]
     resident = sum(local.parts.get(c, 0) for c in ("parameters", "optimizer_state", "input"))
     floor = resident + unit_bytes

@@ -35,16 +35,18 @@ from torch import nn
 from glcan.core.split import balanced_boundaries
 from glcan.core.task import Classification, Task
 from glcan.heads import build_head
-from glcan.memory.predictor import as_fake, fake_mode
+from glcan.memory.predictor import as_fake, autocast_for, fake_mode
 from glcan.memory.tracker import MemoryTracker
 
 
-def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_size: int) -> list[dict[str, int]]:
+def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_size: int,
+               precision: str = "32-true") -> list[dict[str, int]]:
     """Per unit, at ``batch_size``: ``saved`` bytes kept for backward, ``out`` and ``in`` bytes of
     its output and input, ``grads`` bytes of its parameters' gradients, and ``footprint``: the
     peak of its own forward and backward alone (input, activations, gradients; no head), which
     the memory report's floor is made of. One pass over the units, under FakeTensorMode; a unit
-    without parameters (pooling, dropout) is measured like any other."""
+    without parameters (pooling, dropout) is measured like any other. ``bf16-mixed`` runs the
+    forward under autocast, as training does (its saved activations are half the size)."""
     costs = []
     with fake_mode():
         x = torch.randn(batch_size, *image_shape)
@@ -66,7 +68,7 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
                 # parameters' gradients only, as a block's first unit (detached input) does.
                 inp = x.detach().requires_grad_()
                 tracker.register([inp], "input")
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast_for(precision):
                     out = unit(inp)
                 if params:
                     param_grads = torch.autograd.grad(out.float().sum(), params)

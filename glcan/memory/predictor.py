@@ -95,6 +95,11 @@ def as_fake(module: nn.Module) -> nn.Module:
     return copy._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype))
 
 
+def autocast_for(precision: str, device_type: str = "cpu") -> Any:
+    """The autocast a Lightning run of ``precision`` trains under (``bf16-mixed``), else a no-op."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+
+
 def build_fake(build: Callable[[], nn.Module]) -> nn.Module:
     """``build()`` under the active fake mode; a module whose initialisation reads its own values
     (torchvision's ViT draws its patch projection with ``trunc_normal_``, which checks its samples)
@@ -113,7 +118,7 @@ def measure_steps(model: Any, x: torch.Tensor, y: torch.Tensor, steps: int = 2, 
     E2E is one block) with the same :class:`BlockUpdate` as training, the last step under the
     same :class:`~glcan.memory.meter.PeakMeter` a training run uses; real or fake tensors.
     ``bf16-mixed`` runs the steps under autocast, as Lightning does."""
-    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+    autocast = autocast_for(precision, x.device.type)
     net = model.net
     net.train()
     optimizers = model.build_optimizers()

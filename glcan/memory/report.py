@@ -16,10 +16,11 @@ from glcan.memory.costs import unit_costs
 GiB = 2**30
 
 
-def largest_unit_footprint(units: Sequence[Any], image_shape: Sequence[int], batch_size: int) -> tuple[int, int]:
+def largest_unit_footprint(units: Sequence[Any], image_shape: Sequence[int], batch_size: int,
+                           precision: str = "32-true") -> tuple[int, int]:
     """(index, bytes) of the unit whose forward and backward alone need the most memory
-    (glcan.memory.costs.unit_costs' ``footprint``)."""
-    footprints = [c["footprint"] for c in unit_costs(units, image_shape, batch_size)]
+    (glcan.memory.costs.unit_costs' ``footprint``), at ``precision``."""
+    footprints = [c["footprint"] for c in unit_costs(units, image_shape, batch_size, precision)]
     i = max(range(len(footprints)), key=footprints.__getitem__)
     return i, footprints[i]
 

@@ -28,6 +28,7 @@ from glcan.core.timing import Stopwatch
 from glcan.io import write_json
 from glcan.lit.optim import build_scheduler, step_schedulers
 from glcan.memory.meter import PeakMeter
+from glcan.memory.predictor import autocast_for
 from glcan.parallel import shards
 from glcan.parallel.comm import BATCH, EPOCH_END, FINAL, Link, PeerLost, short_error
 from glcan.parallel.job import Job, worker_dir
@@ -95,8 +96,7 @@ class Worker:
 
     # ---------------------------------------------------------------- training
     def train_batch(self, inp: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-        bf16 = self.job.precision.startswith("bf16")
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        autocast = autocast_for(self.job.precision, self.device.type)
         held = [inp, y, *(self.link_out.pending() if self.link_out else [])]
         measure = self.step in MEASURED_STEPS
         with Stopwatch(self.device) as watch:
