@@ -152,6 +152,7 @@ def test_local_vit_deploys_torchvision_network_and_trains_every_block():
         torch.testing.assert_close(deployed(x), module.eval()(x))
 
 
+@pytest.mark.slow  # three predictions; the byte-exact agreement below stays in the default suite
 def test_predicted_memory_of_a_local_vit_is_below_e2e_and_counts_attention():
     common = {"backbone": "vit_tiny", "image_shape": (1, 32, 32), "num_classes": 10, "batch_size": 16}
     e2e = predicted_peak({**common, "method": "e2e"})
