@@ -255,7 +255,7 @@ def report(out: Path, settings: list[str], seeds: int, command: str, costs: bool
         lines += [""]
     if chosen:
         lines += targets(out, chosen, settings, costs)
-    lines += TRIED
+    lines += TRIED if "r32_k16" in settings else []
     return "\n".join(lines) + "\n"
 
 
