@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from glcan.core.step import local_step
+from glcan.core.step import BlockUpdate, local_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -115,3 +115,18 @@ class SaveAndStopAt(L.Callback):
             ckpt = trainer.checkpoint_callback
             ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
             raise SystemExit(0)
+
+
+def torch_memtracker_peak(parts, x: torch.Tensor, y: torch.Tensor) -> int:
+    """The peak of one steady-state training step of ``parts`` (``net`` and ``build_optimizers()``)
+    on real tensors, by torch's own MemTracker (torch.distributed._tools.mem_tracker): an
+    implementation independent of glcan's tracker."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    update = BlockUpdate(parts.build_optimizers())
+    local_step(parts.net, x, y, step=update)  # the first step creates the optimizer state
+    tracker = MemTracker()
+    tracker.track_external(parts.net, *update.optimizers, x, y)
+    with tracker:
+        local_step(parts.net, x, y, step=update)
+    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]

@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import E2E_CONFIG, LOCAL_CONFIG, fit
+from conftest import E2E_CONFIG, LOCAL_CONFIG, fit, torch_memtracker_peak
 from glcan.cli import main
-from glcan.core.step import BlockUpdate, local_step
 from glcan.lit import GLCanModule
 from glcan.lit import plan as plan_module
 from glcan.lit.plan import assemble, memory_report, plan
@@ -46,20 +45,8 @@ def _parts(method: str, **kw):
 
 
 def _torch_memtracker_peak(method: str, batch: int = 16) -> int:
-    """The peak of one steady-state training step on real tensors by torch's own MemTracker
-    (torch.distributed._tools.mem_tracker): an implementation independent of glcan's tracker."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     torch.manual_seed(0)
-    parts = _parts(method)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    update = BlockUpdate(parts.build_optimizers())
-    local_step(parts.net, x, y, step=update)  # the first step creates the optimizer state
-    tracker = MemTracker()
-    tracker.track_external(parts.net, *update.optimizers, x, y)
-    with tracker:
-        local_step(parts.net, x, y, step=update)
-    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    return torch_memtracker_peak(_parts(method), torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
 
 
 @pytest.mark.parametrize("method", ["e2e", "local", "local_recompute"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from conftest import CONFIGS, block_grads, fit
+from conftest import CONFIGS, block_grads, fit, torch_memtracker_peak
 from glcan.backbones import build_backbone
-from glcan.core.step import BlockUpdate, local_step
+from glcan.core.step import local_step
 from glcan.heads import build_head
 from glcan.heads.tokens import GLCanTokenHead, LinearTokenHead
 from glcan.lit import GLCanModule
@@ -177,17 +177,8 @@ def test_the_local_vit_config_fits_end_to_end(tmp_path):
 def test_vit_meter_and_predictor_agree_with_torchs_memtracker():
     """Attention's saved tensors counted to the byte: the meter on a real ViT step, the predictor on
     fake tensors and torch's own MemTracker agree (local K=4, vit_tiny, batch 4)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     module = _local_vit()
     x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,))
     measured = measure_steps(module, x, y).peak_bytes
     predicted = predict(lambda: _local_vit(), 4, (1, 32, 32), 10).peak_bytes
-    parts = _local_vit()
-    update = BlockUpdate(parts.build_optimizers())
-    local_step(parts.net, x, y, step=update)  # the first step creates the optimizer state
-    tracker = MemTracker()
-    tracker.track_external(parts.net, *update.optimizers, x, y)
-    with tracker:
-        local_step(parts.net, x, y, step=update)
-    assert measured == predicted == tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    assert measured == predicted == torch_memtracker_peak(_local_vit(), x, y)
