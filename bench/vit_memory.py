@@ -115,8 +115,8 @@ def main() -> int:
             "**resident**: parameters, AdamW state and the batch; a local row's resident bytes include its heads. "
             "**peak block**: the block whose step sets the peak.", "",
             *targets, "", *table("vit_b_16", b16), *table("vit_tiny", results["vit_tiny"])]
-    write_text(args_out := a.out, "\n".join(text) + "\n")
-    print(f"-> {args_out}")
+    write_text(a.out, "\n".join(text) + "\n")
+    print(f"-> {a.out}")
     return 0
 
 

@@ -12,9 +12,10 @@ head (glcan.heads.tokens). The classifier is the encoder's final LayerNorm, the 
 and torchvision's ``heads``.
 
 Sizes: ``vit_tiny`` is a CPU-sized ViT for 32x32 images: 4-pixel patches (64 of them), 6
-layers of width 128 with 4 attention heads and an MLP of 256 (smaller than DeiT-Tiny's 12 x 192,
-which trains 6x slower and, in 3 epochs on mnist5k, reached 45%); ``vit_b_16`` is torchvision's
-ViT-B/16. Both take the data's image size (square, a multiple of the patch) and channel count.
+layers of width 128 with 4 attention heads and an MLP of 256: smaller than DeiT-Tiny's 12 x 192
+(twice the depth, 1.5 times the width), so that a run fits a CPU's minutes
+(docs/results_vit.md); ``vit_b_16`` is torchvision's ViT-B/16. Both take the data's image size
+(square, a multiple of the patch) and channel count.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class PatchEmbedding(nn.Module):
         super().__init__()
         self.conv_proj, self.class_token = model.conv_proj, model.class_token
         self.pos_embedding, self.dropout = model.encoder.pos_embedding, model.encoder.dropout
-        self.patch_size = model.patch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.conv_proj(x).flatten(2).transpose(1, 2)  # N x patches x D, row-major as torchvision

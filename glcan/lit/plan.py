@@ -72,7 +72,7 @@ def assemble(arguments: dict[str, Any]) -> Trainable:
     if is_local(method):
         task.check_head(a.get("head", "glcan"))
     num_classes, image_shape = int(a.get("num_classes", 10)), tuple(a.get("image_shape", (3, 32, 32)))
-    built = build_fake(lambda: task.backbone(spec, num_classes, image_shape, a.get("small_input")))
+    built = _backbone({**a, "backbone": spec})
     k = int(a.get("num_blocks", 4)) if is_local(method) else 1
     boundaries = a.get("boundaries")
     net = build_network(built, method, num_blocks=k, split=boundaries if boundaries is not None else a.get("split", "memory"),
