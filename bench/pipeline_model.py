@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from glcan.lit import GLCanModule  # noqa: E402
 from glcan.lit.plan import assemble  # noqa: E402
 from glcan.memory.predictor import count_step_flops  # noqa: E402
-from glcan.parallel.job import block_times_ms, group_blocks  # noqa: E402
+from glcan.lit.pipeline import block_times_ms, group_blocks  # noqa: E402
 from glcan.parallel.throughput import LINKS, Link, predict  # noqa: E402
 from parallel import run_once  # noqa: E402  bench/parallel.py: the same launches, the same measurement
 

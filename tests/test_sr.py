@@ -311,8 +311,6 @@ def test_bad_input_is_one_line_each(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: data.root") and "greyscale" in err[0]
     assert main(["fit", "--config", SR_CONFIG, *TINY, "--model.head", "glcan"]) == 2
     assert "is a classification head but the data is for super-resolution" in capsys.readouterr().err
-    assert main(["fit", "--config", SR_CONFIG, *TINY, "--parallel.mode", "pipeline"]) == 2
-    assert "pipeline does not support super-resolution" in capsys.readouterr().err
 
 
 def _two(root: Path) -> Path:

@@ -35,11 +35,11 @@ from glcan.io import write_csv, write_json
 from glcan.lit import GLCanModule
 from glcan.lit.callbacks import RunInterrupted
 from glcan.lit.checks import ConfigError
+from glcan.lit.pipeline import PipelineStrategy
 from glcan.lit.loggers import (WandbOptions, build_loggers, finish_wandb, run_config, wandb_options, wandb_run_dir,
                                wandb_sync_hint)
 from glcan.lit.summary import build_summary, measured_by_callbacks, stage_metrics, summary_line
-from glcan.parallel.launch import fit_pipeline
-from glcan.parallel.options import ParallelOptions, ddp_trainer_kwargs
+from glcan.parallel.options import ParallelOptions, trainer_kwargs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULTS = CONFIGS / "defaults.yaml"
@@ -153,7 +153,7 @@ class GLCanCLI(LightningCLI):
             self.config_init[self.subcommand]["ckpt_path"] = str(self.ckpt)
             path, job, resumed = rundir.record_dir(self.ckpt), self.subcommand, None
             name = f"{experiment}-{self.subcommand}"
-        kwargs.update(logger=False, default_root_dir=str(path), **ddp_trainer_kwargs(cfg.get("parallel")))
+        kwargs.update(logger=False, default_root_dir=str(path), **trainer_kwargs(cfg.get("parallel"), self.model, cfg.trainer))
         if self.subcommand != "fit":
             self.save_config_callback = None
         trainer = super().instantiate_trainer(**kwargs)
@@ -166,14 +166,10 @@ class GLCanCLI(LightningCLI):
 
     # ---------------------------------------------------------------- fit
     def fit(self, model: GLCanModule, **kwargs: Any) -> None:
-        """Train (pipeline workers under ``--parallel.mode pipeline``), test, write summary.json."""
+        """Train (in this process, DDP replicas or pipeline stages), test, write summary.json."""
         self.exit_code = 1
         self.run.acquire()
         try:
-            if self.cfg.parallel.mode == "pipeline":
-                self.exit_code = fit_pipeline(model, self.datamodule, self.trainer, self.cfg, self.run,
-                                              self._parser("fit").dump(self.cfg, skip_none=False))
-                return
             try:
                 self.trainer.fit(model, **kwargs)
             except RunInterrupted as e:
@@ -196,7 +192,9 @@ class GLCanCLI(LightningCLI):
         val = stage_metrics(trainer, "val")  # the last validation, before the test pass replaces the metrics
         trainer.test(model, datamodule=self.datamodule, verbose=False)
         measured = measured_by_callbacks(trainer)
-        if trainer.world_size > 1:  # DDP: every replica tested the whole test set, so the figures are the run's
+        if isinstance(trainer.strategy, PipelineStrategy):  # every stage's own figures, gathered
+            measured.update(trainer.strategy.summary_fields(measured, self.datamodule.batch_size))
+        elif trainer.world_size > 1:  # DDP: every replica tested the whole test set, so the figures are the run's
             measured.update(parallel="ddp", workers=trainer.world_size)
         summary = build_summary(model, self.datamodule, epochs=trainer.current_epoch, global_step=trainer.global_step,
                                 seed=self.cfg.get("seed_everything"), precision=str(trainer.precision),

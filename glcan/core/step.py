@@ -38,6 +38,8 @@ def local_step(
     backward: Backward = _plain_backward,
     on_phase: Optional[PhaseFn] = None,
     blocks: Optional[Sequence[int]] = None,
+    h: Optional[torch.Tensor] = None,
+    send: Optional[Callable[[torch.Tensor], None]] = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Train every block of ``net`` on one batch, one block at a time.
 
@@ -48,18 +50,24 @@ def local_step(
         backward: how to backpropagate a loss (Lightning's ``manual_backward`` in training).
         on_phase: called as ``on_phase("block", k)`` before block k runs, so a meter can tell
             which block sets the peak, or a timer what each block costs.
-        blocks: the block indices to run (a pipeline worker owns a contiguous range); the
-            first one's input is ``x``. Default: all.
+        blocks: the block indices to run (a pipeline stage owns a contiguous range). Default: all.
+        h: the first block's input when it is not ``x``: a pipeline stage's, received from the
+            stage before (the heads still get ``x``, the network's input, for InfoPro and SR).
+        send: called with the last block's output as soon as its forward has made it, before
+            the backward: a pipeline stage passes it on, so the next stage starts at once.
 
     Returns:
         ``[(loss, output), ...]`` per block run, both detached.
     """
     results = []
-    h = x
-    for k in blocks if blocks is not None else range(net.num_blocks):
+    h = x if h is None else h
+    run = list(blocks) if blocks is not None else list(range(net.num_blocks))
+    for k in run:
         if on_phase is not None:
             on_phase("block", k)
         h = net.blocks[k](h.detach())  # stop-gradient: loss k never reaches block k-1
+        if send is not None and k == run[-1]:
+            send(h.detach())
         loss, out = net.heads[k].loss(h, y, x)
         backward(loss)  # block k's graph is freed here, before block k+1 runs
         step(k)
@@ -82,19 +90,24 @@ class BlockUpdate:
     Args:
         optimizers: one per block, indexed by block.
         clip_val: clip each block's gradient norm to this value (None: no clipping).
+        average: ``average(params)`` before clipping: data-parallel replicas average the
+            block's gradients (glcan.lit.pipeline); default: nothing.
         clip: ``clip(optimizer, clip_val)``; default :func:`clip_grad_norm`.
         step: ``step(optimizer, k)``; default ``optimizer.step()``.
     """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer], clip_val: Optional[float] = None,
                  clip: Optional[Callable[[torch.optim.Optimizer, float], None]] = None,
-                 step: Optional[Callable[[torch.optim.Optimizer, int], None]] = None) -> None:
-        self.optimizers, self.clip_val = optimizers, clip_val
+                 step: Optional[Callable[[torch.optim.Optimizer, int], None]] = None,
+                 average: Optional[Callable[[list], None]] = None) -> None:
+        self.optimizers, self.clip_val, self._average = optimizers, clip_val, average
         self._clip = clip or clip_grad_norm
         self._step = step or (lambda opt, k: opt.step())
 
     def __call__(self, k: int) -> None:
         opt = self.optimizers[k]
+        if self._average is not None:
+            self._average([p for g in opt.param_groups for p in g["params"]])
         if self.clip_val:
             self._clip(opt, self.clip_val)
         self._step(opt, k)

@@ -65,7 +65,6 @@ class Task:
     name: str
     kind: str
     metric: Metric
-    pipeline: bool  # whether pipeline workers can pass its targets (glcan.parallel.comm sends integer labels)
     costly_classifier: bool  # whether the memory split must count the last block's classifier head
 
     def example_batch(self, batch_size: int, image_shape: Sequence[int], num_classes: int,
@@ -111,7 +110,6 @@ class Classification(Task):
 
     name = kind = "classification"
     metric = METRICS["acc"]
-    pipeline = True
     costly_classifier = False  # global pooling and a linear layer: the memory split takes it as free
 
     def example_batch(self, batch_size: int, image_shape: Sequence[int], num_classes: int,
@@ -131,7 +129,6 @@ class SuperResolution(Task):
 
     kind = "super_resolution"
     metric = METRICS["psnr"]
-    pipeline = False  # an HR image does not fit the pipeline's label header
     costly_classifier = True  # EDSR's tail works at the high resolution: the memory split counts it
 
     def __init__(self, scale: int) -> None:

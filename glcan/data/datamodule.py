@@ -214,14 +214,15 @@ class GLCanDataModule(L.LightningDataModule):
         )
 
     def _replica(self) -> tuple[int, int]:
-        """(rank, replicas) the training order is sharded over: the trainer's DDP replicas when
+        """(rank, replicas) the training order is sharded over: the trainer's data replicas when
         glcan shards (Lightning's ``use_distributed_sampler=False``: its wrapper would hide the
         sampler's resumable state); one replica otherwise (no trainer, one device, or Lightning
         wrapping the sampler itself)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.world_size == 1 or trainer._accelerator_connector.use_distributed_sampler:
             return 0, 1
-        return trainer.global_rank, trainer.world_size
+        shard = trainer.strategy.distributed_sampler_kwargs  # a pipeline's stages share their replica's
+        return int(shard["rank"]), int(shard["num_replicas"])
 
     def order_seed(self) -> int:
         """The seed of the training order: the run's seed, which Lightning's ``seed_everything``

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils._pytree import tree_leaves
 
 from glcan.core.timing import Stopwatch
+from glcan.lit.metrics import shared_step
 from glcan.memory.meter import PeakMeter
 
 
@@ -168,7 +169,8 @@ class RunCheckpoint(ModelCheckpoint):
     predecessor to fall back to. Ctrl+C or SIGTERM finishes the current batch (every block
     stepped, the counters consistent), saves ``last.ckpt`` through the same checkpoint logic, and
     stops with :class:`RunInterrupted`; the run resumes exactly there with ``--ckpt_path last``
-    (the training loader's position is part of the checkpoint). A second Ctrl+C stops at once,
+    (the training loader's position is part of the checkpoint). Under DDP or a pipeline every
+    process stops at the first step where they meet (see ``on_train_batch_end``). A second Ctrl+C stops at once,
     without a checkpoint. The run directory is the run's alone (locked), so files are overwritten
     in place, never versioned.
     """
@@ -185,6 +187,7 @@ class RunCheckpoint(ModelCheckpoint):
                          monitor="step", mode="max", save_top_k=keep, enable_version_counter=False)
         self.requested: Optional[str] = None
         self._previous: dict[int, Any] = {}
+        self._rank = 0
 
     def _handler(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -192,12 +195,14 @@ class RunCheckpoint(ModelCheckpoint):
             self._restore()
             raise KeyboardInterrupt
         self.requested = name
-        print(f"\n{name}: stopping after this batch and saving a checkpoint (Ctrl+C again stops at once)",
-              file=sys.stderr, flush=True)
+        if self._rank == 0:
+            print(f"\n{name}: stopping after this batch and saving a checkpoint (Ctrl+C again stops at once)",
+                  file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if threading.current_thread() is threading.main_thread() and trainer.world_size == 1:
+        self._rank = trainer.global_rank
+        if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
     def _restore(self) -> None:
@@ -208,6 +213,14 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.world_size > 1:
+            # Several processes stop together or not at all (the checkpoint is a collective): they
+            # agree on the steps where a pipeline's stages meet anyway (glcan.lit.metrics.shared_step),
+            # so a signal to any one of them stops all of them within log_every_n_steps batches.
+            if not shared_step(pl_module, batch_idx):
+                return
+            if trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
+                self.requested = self.requested or "a signal to another process"
         if self.requested is None:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -19,7 +19,7 @@ Super-resolution (:class:`SRMetrics`) keys: ``train/loss`` (L1), ``{stage}/psnr`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -38,21 +38,27 @@ STAGES = ("train", "val", "test")
 
 class BlockLosses(Metric):
     """The epoch mean of every block's training loss (weighted by batch size): one vector update
-    per step. Each process keeps its own, as Lightning's unsynchronised epoch logs do."""
+    per step. Each process keeps its own, as Lightning's unsynchronised epoch logs do; a pipeline
+    stage counts only its own blocks (``blocks``), and the stages add theirs up at the epoch's end."""
 
     full_state_update = False
 
     def __init__(self, num_blocks: int) -> None:
         super().__init__(sync_on_compute=False)
         self.add_state("total", torch.zeros(num_blocks, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(num_blocks, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, losses: torch.Tensor, batch_size: int) -> None:
-        self.total += losses.detach().to(self.total.dtype) * batch_size
-        self.count += batch_size
+    def update(self, losses: torch.Tensor, batch_size: int, blocks: Optional[Sequence[int]] = None) -> None:
+        mask = torch.ones_like(self.count) if blocks is None else torch.zeros_like(self.count).index_fill_(
+            0, torch.tensor(list(blocks), device=self.count.device), 1.0)
+        self.total += losses.detach().to(self.total.dtype) * batch_size * mask
+        self.count += batch_size * mask
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count).float()
+
+
+Exchange = Callable[[torch.Tensor], torch.Tensor]  # the sum over every process (a pipeline's stages)
 
 
 def _writes_this_step(module: L.LightningModule) -> bool:
@@ -62,22 +68,65 @@ def _writes_this_step(module: L.LightningModule) -> bool:
     return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
 
 
+def shared_step(module: L.LightningModule, batch_idx: int) -> bool:
+    """Whether a pipeline's stages exchange their losses after this batch: on the steps
+    Lightning writes and at each epoch's last batch."""
+    return _writes_this_step(module) or batch_idx + 1 >= module.trainer.num_training_batches
+
+
 def log_block_losses(module: L.LightningModule, losses: BlockLosses, results: list[tuple[torch.Tensor, Any]],
-                     batch_size: int) -> None:
-    """One step: update the epoch means; on a writing step log each block's loss (``_step``)."""
-    stacked = torch.stack([loss.float() for loss, _ in results])
-    losses.update(stacked, batch_size)
+                     batch_size: int, blocks: Optional[Sequence[int]] = None,
+                     exchange: Optional[Exchange] = None) -> Optional[torch.Tensor]:
+    """One step: update the epoch means; on a writing step log each block's loss (``_step``).
+
+    In a pipeline stage (``blocks``: its own), the stages add up their losses on the exchange
+    steps (``exchange``); every stage then has every block's loss, which it returns (so that
+    every stage can check them), and rank 0 logs them. Returns the losses of every block, or None
+    when this stage has only its own."""
+    own = torch.stack([loss.float() for loss, _ in results])
+    stacked = own
+    if blocks is not None:
+        stacked = torch.zeros(losses.total.shape[0], dtype=torch.float32, device=own.device)
+        stacked[list(blocks)] = own
+    losses.update(stacked, batch_size, blocks)
+    if blocks is not None:
+        if exchange is None:
+            return None
+        mask = torch.zeros_like(stacked)
+        mask[list(blocks)] = 1.0
+        summed = exchange(torch.stack([stacked * mask, mask]))  # the mean over the replicas
+        stacked = (summed[0] / summed[1]).float()
+        module.log("train/loss_step", stacked[-1], on_step=True, on_epoch=False, prog_bar=True)
     if _writes_this_step(module):
         for k, value in enumerate(stacked):
             module.log(f"train/block{k}/loss_step", value, on_step=True, on_epoch=False)
+    return stacked
 
 
-def log_block_loss_means(module: L.LightningModule, losses: BlockLosses) -> None:
+def log_block_loss_means(module: L.LightningModule, losses: BlockLosses, exchange: Optional[Exchange] = None) -> None:
     """The epoch's end: each block's mean training loss (``_epoch``), then a fresh epoch."""
-    if losses.update_count:
-        for k, value in enumerate(losses.compute().reshape(-1)):  # torchmetrics squeezes K=1 to a scalar
-            module.log(f"train/block{k}/loss_epoch", value, on_step=False, on_epoch=True)
+    if exchange is not None:  # a pipeline: every stage's blocks, over every replica
+        summed = exchange(torch.stack([losses.total, losses.count]))
+        means = (summed[0] / summed[1]).float()
+        module.log("train/loss_epoch", means[-1], on_step=False, on_epoch=True)
+    elif losses.update_count:
+        means = losses.compute().reshape(-1)  # torchmetrics squeezes K=1 to a scalar
+    else:
+        means = None
+    for k, value in enumerate(means if means is not None else []):
+        module.log(f"train/block{k}/loss_epoch", value, on_step=False, on_epoch=True)
     losses.reset()
+
+
+def _log_train_losses(module: L.LightningModule, losses: BlockLosses, results: list[tuple[torch.Tensor, torch.Tensor]],
+                      y: torch.Tensor, blocks: Optional[Sequence[int]], exchange: Optional[Exchange]) -> Optional[torch.Tensor]:
+    """The losses of one training batch: per block in local mode, and the network's (``train/loss``)."""
+    if blocks is not None:  # a pipeline stage: the network's loss is known only where the stages exchange
+        return log_block_losses(module, losses, results, y.shape[0], blocks, exchange)
+    if len(results) > 1 or module.is_local:
+        log_block_losses(module, losses, results, y.shape[0])
+    module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
+    return torch.stack([loss for loss, _ in results])
 
 
 class BlockMetrics(nn.Module):
@@ -106,25 +155,28 @@ class BlockMetrics(nn.Module):
         key = f"{stage}_top5"
         return self._top5[key] if key in self._top5 else None
 
-    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
-        """One training batch: every block's (loss, logits); the last block is the network's."""
-        for acc, (_, logits) in zip(self.acc("train"), results):
-            acc.update(logits, y)
-        if len(results) > 1 or module.is_local:
-            log_block_losses(module, self._train_loss, results, y.shape[0])
-        module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
+    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor,
+                  blocks: Optional[Sequence[int]] = None, exchange: Optional[Exchange] = None) -> Optional[torch.Tensor]:
+        """One training batch: every block's (loss, logits); the last block is the network's.
+        A pipeline stage passes its ``blocks`` and, on exchange steps, ``exchange``; the return
+        value is every block's loss when this process has them (see :func:`log_block_losses`)."""
+        for k, (_, logits) in zip(blocks if blocks is not None else range(len(results)), results):
+            self.acc("train")[k].update(logits, y)
+        return _log_train_losses(module, self._train_loss, results, y, blocks, exchange)
 
-    def log_train_epoch(self, module: L.LightningModule) -> None:
-        """The training epoch's end: every block's accuracy and mean loss, then fresh states."""
+    def log_train_epoch(self, module: L.LightningModule, exchange: Optional[Exchange] = None) -> None:
+        """The training epoch's end: every block's accuracy and mean loss, then fresh states.
+        In a pipeline (``exchange``) every stage computes every block's accuracy: torchmetrics
+        adds up the states of the stages (and replicas) that trained it."""
         accs = self.acc("train")
-        if accs[-1].update_count:
+        if accs[-1].update_count or exchange is not None:
             if len(accs) > 1 or module.is_local:
                 for k, acc in enumerate(accs):
                     module.log(f"train/block{k}/acc", acc.compute(), on_step=False, on_epoch=True)
             module.log("train/acc", accs[-1].compute(), on_step=False, on_epoch=True, prog_bar=True)
         for acc in accs:
             acc.reset()
-        log_block_loss_means(module, self._train_loss)
+        log_block_loss_means(module, self._train_loss, exchange)
 
     def log_eval(self, module: L.LightningModule, stage: str, all_logits: list[torch.Tensor], y: torch.Tensor,
                  x: torch.Tensor | None = None) -> None:
@@ -202,15 +254,15 @@ class SRMetrics(nn.Module):
     def psnr(self, stage: str) -> nn.ModuleList:
         return self._psnr[f"{stage}_psnr"]
 
-    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor) -> None:
-        """One training batch: every block's L1 loss; the last block is the network's."""
-        if len(results) > 1 or module.is_local:
-            log_block_losses(module, self._train_loss, results, y.shape[0])
-        module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
+    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor,
+                  blocks: Optional[Sequence[int]] = None, exchange: Optional[Exchange] = None) -> Optional[torch.Tensor]:
+        """One training batch: every block's L1 loss; the last block is the network's (a
+        pipeline stage: as :meth:`BlockMetrics.log_train`)."""
+        return _log_train_losses(module, self._train_loss, results, y, blocks, exchange)
 
-    def log_train_epoch(self, module: L.LightningModule) -> None:
+    def log_train_epoch(self, module: L.LightningModule, exchange: Optional[Exchange] = None) -> None:
         """The training epoch's end: every block's mean loss."""
-        log_block_loss_means(module, self._train_loss)
+        log_block_loss_means(module, self._train_loss, exchange)
 
     @torch.no_grad()
     def log_eval(self, module: L.LightningModule, stage: str, outputs: list[torch.Tensor], y: torch.Tensor,

@@ -22,7 +22,8 @@ from glcan.core.network import DeployedNetwork
 from glcan.core.step import BlockUpdate, check_finite, local_step
 from glcan.lit.checks import (ConfigError, check_checkpoint_matches, check_schedule_length, checkpoint_identity,
                               refuse_unsupported_precision)
-from glcan.lit.metrics import block_metrics
+from glcan.lit.metrics import block_metrics, shared_step
+from glcan.lit.pipeline import PipelineStrategy
 from glcan.lit.optim import (Spec, block_optimizers, optimizer_configs, plain_spec, schedule_length, spec_class,
                              spec_name, step_schedulers)
 from glcan.lit.plan import assemble, needs_plan, plan
@@ -179,10 +180,33 @@ class GLCanModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         step = self.global_step  # this batch's step (the update below advances the counter)
-        results = local_step(self.net, x, y, step=self._block_update(), backward=self.manual_backward)
-        check_finite([loss for loss, _ in results], step)
-        self.metrics.log_train(self, results, y)
+        stage = self.pipeline
+        if stage is None:
+            results = local_step(self.net, x, y, step=self._block_update(), backward=self.manual_backward)
+            check_finite([loss for loss, _ in results], step)
+            self.metrics.log_train(self, results, y)
+        else:
+            # One stage of a pipeline (glcan.lit.pipeline): this rank's blocks, on the previous
+            # stage's output for this batch; the output goes on to the next stage.
+            received = stage.receive()  # (h, x, y) from the stage before; None on the first stage
+            h, x, y = received if received is not None else (None, x, y)
+            results = local_step(self.net, x, y, step=self._block_update(), backward=self.manual_backward,
+                                 blocks=stage.blocks, h=h, send=lambda out: stage.send(out, x, y))
+            if self.net.num_blocks - 1 not in stage.blocks:
+                # Lightning counts the batch at the last block's optimizer step: count it here too
+                # (an update without gradients, which changes nothing), so every stage agrees on it.
+                self._block_update().optimizers[-1].step()
+            exchange = stage.exchange if shared_step(self, batch_idx) else None
+            every = self.metrics.log_train(self, results, y, blocks=stage.blocks, exchange=exchange)
+            if every is not None:  # every stage has every block's loss: a NaN anywhere stops them all
+                check_finite(list(every), step)
         step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "batch")
+
+    @property
+    def pipeline(self) -> Optional[PipelineStrategy]:
+        """The pipeline strategy when this process is one stage of a pipeline, else None."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return strategy if isinstance(strategy, PipelineStrategy) else None
 
     def _block_update(self) -> BlockUpdate:
         if self._update is None:
@@ -202,7 +226,9 @@ class GLCanModule(L.LightningModule):
                     # The strategy call performs the same update, precision plugin included, uncounted.
                     self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
 
-            self._update = BlockUpdate(optimizers, self.hparams.gradient_clip_val, clip=clip, step=step)
+            stage = self.pipeline
+            self._update = BlockUpdate(optimizers, self.hparams.gradient_clip_val, clip=clip, step=step,
+                                       average=stage.average_gradients if stage is not None else None)
         return self._update
 
     def on_train_start(self) -> None:
@@ -223,7 +249,8 @@ class GLCanModule(L.LightningModule):
         return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
     def on_train_epoch_end(self) -> None:
-        self.metrics.log_train_epoch(self)
+        stage = self.pipeline
+        self.metrics.log_train_epoch(self, exchange=stage.exchange if stage is not None else None)
         step_schedulers(self._schedulers(), self.hparams.scheduler_interval, "epoch")
 
     def build_optimizers(self) -> list[torch.optim.Optimizer]:

@@ -17,7 +17,7 @@ From the period follow the steady-state images/s (R batches per period), the spe
 device running all blocks one after the other (``R x sum(block times) / period``), and the
 *bubble*: the share of stage time spent waiting, in steady state (unequal stages) and over a
 run of N batches (the P-1 batches of fill and drain). The inputs are measured, not assumed:
-per-block step times (``glcan.parallel.job.block_times_ms``, which the pipeline launcher uses
+per-block step times (``glcan.lit.pipeline.block_times_ms``, which the pipeline launcher uses
 for its grouping), activation and gradient sizes; only the links are assumptions, named in
 :data:`LINKS`. bench/pipeline_model.py checks the model against measured pipeline runs and
 writes the GPU predictions to docs/benchmarks/pipeline_model.md.
@@ -74,7 +74,7 @@ def predict(block_s: Sequence[float], boundary_bytes: Sequence[float], groups: S
     Args:
         block_s: each block's step time on one device (s per batch of ``batch_size``).
         boundary_bytes: each block's output activation, in bytes per batch (the last is unused).
-        groups: contiguous block indices per stage (``glcan.parallel.job.group_blocks``).
+        groups: contiguous block indices per stage (``glcan.lit.pipeline.group_blocks``).
         batch_size: images per batch on each replica.
         link: the link between consecutive stages.
         replicas: data-parallel copies of the pipeline (R).
