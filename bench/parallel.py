@@ -58,8 +58,10 @@ def run_once(arch: str, split: list[int], workers: int, threads: int, grouping: 
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", *args], cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"benchmark run failed: {' '.join(args)}\n{done.stderr[-2000:]}")
-    foreign = ((_busy_s() - busy0) - (_own_s() - own0)) / (time.time() - t0)
-    return {**json.loads((out / "summary.json").read_text()), "foreign_cores": max(0.0, foreign)}
+    # Other processes' CPU, known for one-process runs only: a pipeline's other stages are started
+    # by train.py and never waited for, so their CPU time is not in this process's rusage.
+    foreign = ((_busy_s() - busy0) - (_own_s() - own0)) / (time.time() - t0) if workers == 1 else None
+    return {**json.loads((out / "summary.json").read_text()), "foreign_cores": foreign if foreign is None else max(0.0, foreign)}
 
 
 def _busy_s() -> float:
@@ -84,7 +86,8 @@ def bench_arch(arch: str, runs: int, steps: int, tmp: Path) -> dict:
             s = run_once(arch, split, workers, threads, grouping if workers > 1 else "blocks", steps,
                          tmp / f"{arch}_{workers}x{threads}_{r}")
             result["settings"][name].append(s["throughput_img_s"])
-            result["foreign"].append(s["foreign_cores"])
+            if s["foreign_cores"] is not None:
+                result["foreign"].append(s["foreign_cores"])
             if workers > 1 and grouping == "time":  # measured once; the later runs reuse the grouping
                 result["groups"], result["group_cost_ms"] = s["worker_blocks"], s["group_cost_ms"]
                 result["step_ms"] = [round(v) for v in s["worker_step_ms"]]
@@ -102,7 +105,8 @@ def _conditions(results: list[dict]) -> list[str]:
     worst = max(max(r["foreign"]) for r in results)
     mean = statistics.mean(v for r in results for v in r["foreign"])
     text = (f"Other processes on the machine used on average {mean:.2f} and at most {worst:.2f} of the "
-            f"{os.cpu_count()} cores during the runs (/proc/stat minus the benchmark's own CPU time).")
+            f"{os.cpu_count()} cores during the one-process runs, which are interleaved with the pipeline's (/proc/stat "
+            "minus the benchmark's own CPU time).")
     if worst <= 0.25:
         return [f"Conditions: {text} The machine was essentially idle.", ""]
     return [f"**Conditions: the machine was shared.** {text} Every setting competed with them for the cores; the "
@@ -137,7 +141,7 @@ def _md(results: list[dict], command: str, seconds: float) -> str:
         lines.append(f"- {r['arch']}: {r['steps']} batches per run; stage groups {r.get('groups')} with measured "
                      f"time per batch {r.get('group_cost_ms')} ms (1 thread, data loading in group 0); "
                      f"first 2-stage run, median step time of each stage (waits included): {r.get('step_ms')} ms; "
-                     f"the grouping allows at most {ideal(r)} over one process; other processes' use of the cores per run: "
+                     f"the grouping allows at most {ideal(r)} over one process; other processes' use of the cores per one-process run: "
                      f"{', '.join(f'{v:.2f}' for v in r['foreign'])}; all runs (images/s): {runs}.")
     return "\n".join(lines) + "\n"
 

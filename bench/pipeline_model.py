@@ -6,7 +6,8 @@ Two parts, written to docs/benchmarks/pipeline_model.md:
    setting of bench/parallel.py), launch 1 pipeline worker x 1 thread and 2 workers x 1 thread,
    interleaved, ``--runs`` times, through the same launcher as bench/parallel.py. The model's
    inputs are the launcher's own measurements: the time of each worker's group of blocks (its
-   probe, 1 thread, data loading in group 0) and the activation at the group boundary; the link
+   probe, 1 thread, data loading in group 0) and what crosses the group boundary (the activation
+   with its batch of images and labels); the link
    is loopback gloo (``--loopback-gbs``, transfers charged to both ends: the cores copy them).
    Predicted 2-worker images/s against the measured median, and the predicted speedup against
    the measured 2-worker / 1-worker ratio.
@@ -49,13 +50,15 @@ BATCH = 128
 
 
 def block_sizes(model: GLCanModule, batch: int) -> tuple[list[int], list[int]]:
-    """Each block's output bytes at ``batch`` and its gradient bytes (block + head parameters)."""
+    """What crosses each block's output boundary at ``batch`` (the activation, with the batch of
+    images and labels that travels with it) and each block's gradient bytes (block + head)."""
     net, out, h = model.net, [], torch.zeros(1, 3, 32, 32)
+    carried = batch * (h.numel() * h.element_size() + 8)  # the images and int64 labels
     with torch.no_grad():
         net.eval()
         for block in net.blocks:
             h = block(h)
-            out.append(h[0].numel() * h.element_size() * batch)
+            out.append(h[0].numel() * h.element_size() * batch + carried)
         net.train()
     grads = [sum(p.numel() * p.element_size() for m in (b, hd) for p in m.parameters())
              for b, hd in zip(net.blocks, net.heads)]
@@ -74,7 +77,7 @@ def check(arch: str, runs: int, steps: int, gbs: float, tmp: Path) -> dict:
         if grouping == "time":  # the probe's measurement, once; later runs keep its grouping
             groups, cost_ms = s2["worker_blocks"], s2["group_cost_ms"]
             grouping = json.dumps([g[0] for g in groups[1:]])
-        foreign += [s1["foreign_cores"], s2["foreign_cores"]]
+        foreign.append(s1["foreign_cores"])  # known for the one-process run only (bench/parallel.py)
         one.append(s1["throughput_img_s"])
         two.append(s2["throughput_img_s"])
         print(f"{arch} run {r + 1}: 1 worker {one[-1]:.1f}, 2 workers {two[-1]:.1f} images/s", flush=True)
@@ -134,7 +137,7 @@ def main() -> None:
              "(its docstring states what it counts and assumes).", ""]
     if checks:
         lines += ["## Check at P=2 (CPU, 1 thread per worker, K=4, batch 128)", "",
-                  "Predicted from the launcher's measured group times and the boundary activation (loopback gloo at "
+                  "Predicted from the grouping probe's measured group times and what crosses the boundary (the activation with its batch; loopback gloo at "
                   f"{a.loopback_gbs:g} GB/s, paid by both workers); measured: median steady-state images/s "
                   "(summary.json `throughput_img_s`) of interleaved launches. Target: within 15%.", "",
                   "| network | groups | group time (ms, measured) | boundary | predicted 2 workers | measured 2 workers | "
@@ -147,8 +150,9 @@ def main() -> None:
         lines += ["", "All runs (images/s): " + "; ".join(
             f"{c['arch']}: 1 worker {', '.join(f'{v:.1f}' for v in c['one'])}; 2 workers {', '.join(f'{v:.1f}' for v in c['two'])}"
             for c in checks) + ".", "",
-            "Other processes used on average {:.2f} and at most {:.2f} of the {} cores during the launches (/proc/stat "
-            "minus the benchmark's own CPU time); the model assumes the workers have their cores to themselves.".format(
+            "Other processes used on average {:.2f} and at most {:.2f} of the {} cores during the one-process launches, "
+            "interleaved with the pipeline's (/proc/stat minus the benchmark's own CPU time); the model assumes the "
+            "stages have their cores to themselves.".format(
                 statistics.mean(v for c in checks for v in c["foreign"]), max(v for c in checks for v in c["foreign"]),
                 os.cpu_count()), "",
             "What the model leaves out, and where a miss comes from: the two workers share this machine's memory "

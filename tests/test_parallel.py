@@ -172,6 +172,10 @@ def test_pipeline_checkpoint_is_an_ordinary_lightning_checkpoint(pipeline_run, t
     assert tested["test/acc"] == pytest.approx(summary["test_acc"])
     assert [tested[f"test/block{k}/acc"] for k in range(4)] == pytest.approx(summary["block_acc"])
     assert (tested["epochs"], tested["global_step"]) == (2, 6)
+    # from the run's own config.yaml, which says pipeline: evaluated in this one process all the same
+    (pipeline_run / "test_last.json").unlink()
+    assert main(["test", "--ckpt_path", str(pipeline_run)]) == 0
+    assert json.loads((pipeline_run / "test_last.json").read_text())["test/acc"] == pytest.approx(summary["test_acc"])
 
 
 @pytest.mark.slow  # starts processes

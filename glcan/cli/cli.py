@@ -153,7 +153,10 @@ class GLCanCLI(LightningCLI):
             self.config_init[self.subcommand]["ckpt_path"] = str(self.ckpt)
             path, job, resumed = rundir.record_dir(self.ckpt), self.subcommand, None
             name = f"{experiment}-{self.subcommand}"
-        kwargs.update(logger=False, default_root_dir=str(path), **trainer_kwargs(cfg.get("parallel"), self.model, cfg.trainer))
+        # Several processes train; a checkpoint is evaluated in this one (a pipeline run's config
+        # still says pipeline when validate/test start from it).
+        parallel = trainer_kwargs(cfg.get("parallel"), self.model, cfg.trainer) if self.subcommand == "fit" else {}
+        kwargs.update(logger=False, default_root_dir=str(path), **parallel)
         if self.subcommand != "fit":
             self.save_config_callback = None
         trainer = super().instantiate_trainer(**kwargs)

@@ -49,10 +49,13 @@ class BlockLosses(Metric):
         self.add_state("count", torch.zeros(num_blocks, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, losses: torch.Tensor, batch_size: int, blocks: Optional[Sequence[int]] = None) -> None:
-        mask = torch.ones_like(self.count) if blocks is None else torch.zeros_like(self.count).index_fill_(
-            0, torch.tensor(list(blocks), device=self.count.device), 1.0)
-        self.total += losses.detach().to(self.total.dtype) * batch_size * mask
-        self.count += batch_size * mask
+        if blocks is None:
+            self.total += losses.detach().to(self.total.dtype) * batch_size
+            self.count += batch_size
+            return
+        own = list(blocks)
+        self.total[own] += losses.detach()[own].to(self.total.dtype) * batch_size
+        self.count[own] += batch_size
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count).float()
@@ -126,7 +129,7 @@ def _log_train_losses(module: L.LightningModule, losses: BlockLosses, results: l
     if len(results) > 1 or module.is_local:
         log_block_losses(module, losses, results, y.shape[0])
     module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
-    return torch.stack([loss for loss, _ in results])
+    return None  # one process: the caller has every loss already
 
 
 class BlockMetrics(nn.Module):
@@ -159,7 +162,7 @@ class BlockMetrics(nn.Module):
                   blocks: Optional[Sequence[int]] = None, exchange: Optional[Exchange] = None) -> Optional[torch.Tensor]:
         """One training batch: every block's (loss, logits); the last block is the network's.
         A pipeline stage passes its ``blocks`` and, on exchange steps, ``exchange``; the return
-        value is every block's loss when this process has them (see :func:`log_block_losses`)."""
+        value is every block's loss on a stage's exchange steps, else None (see :func:`log_block_losses`)."""
         for k, (_, logits) in zip(blocks if blocks is not None else range(len(results)), results):
             self.acc("train")[k].update(logits, y)
         return _log_train_losses(module, self._train_loss, results, y, blocks, exchange)

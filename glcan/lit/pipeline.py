@@ -171,6 +171,7 @@ class PipelineStrategy(DDPStrategy):
         self.group_cost_ms: Optional[list[float]] = None
         self._stage_groups: list[Any] = []
         self._inflight: deque = deque()
+        self.wait_s = [0.0, 0.0]  # seconds blocked receiving, and waiting for sends to be taken
 
     # ---------------------------------------------------------------- who is who
     @property
@@ -235,6 +236,11 @@ class PipelineStrategy(DDPStrategy):
             self._plan_groups(module, trainer)
         if trainer.state.fn == TrainerFn.FITTING:
             self._broadcast_module(lambda key: 0)  # every rank starts from rank 0's weights (or the checkpoint's)
+            # Lightning's training loop broadcasts a SIGTERM flag from rank 0 before every batch:
+            # a collective per step, after which the stages would wait for each other every batch,
+            # and there would be no pipeline. The stages agree on stopping where they meet instead
+            # (glcan.lit.callbacks.RunCheckpoint), so that broadcast is switched off here.
+            trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
         else:
             self.gather_model()  # before DDP's own sync, which would spread rank 0's stale copies
         super().setup(trainer)
@@ -268,7 +274,7 @@ class PipelineStrategy(DDPStrategy):
         the first stage, which loads the batch itself."""
         if self.stage == 0:
             return None
-        peer, tensors = self.global_rank - 1, []
+        peer, tensors, t0 = self.global_rank - 1, [], time.perf_counter()
         try:
             for _ in range(3):
                 header = torch.empty(HEADER, dtype=torch.int64, device=self.root_device)
@@ -278,6 +284,8 @@ class PipelineStrategy(DDPStrategy):
                 dist.recv(tensors[-1], peer, tag=1)
         except RuntimeError as e:
             raise self._lost(e, peer, "sending") from None
+        finally:
+            self.wait_s[0] += time.perf_counter() - t0
         return tuple(tensors)
 
     def send(self, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -303,11 +311,14 @@ class PipelineStrategy(DDPStrategy):
 
     def _wait_oldest(self) -> None:
         works, _ = self._inflight.popleft()
+        t0 = time.perf_counter()
         try:
             for w in works:
                 w.wait()
         except RuntimeError as e:
             raise self._lost(e, self.global_rank + 1, "receiving") from None
+        finally:
+            self.wait_s[1] += time.perf_counter() - t0
 
     def flush(self) -> None:
         """Wait until the next stage has taken every output sent to it."""
@@ -374,7 +385,8 @@ class PipelineStrategy(DDPStrategy):
         the steady state every stage steps once per period of the slowest, so the throughput is
         the replicas' batches per the slowest stage's median step time."""
         every: list[Any] = [None] * self.world_size
-        dist.all_gather_object(every, {k: measured.get(k) for k in ("peak_memory_bytes", "step_time_ms", "step_cpu_ms")})
+        dist.all_gather_object(every, {**{k: measured.get(k) for k in ("peak_memory_bytes", "step_time_ms", "step_cpu_ms")},
+                                       "wait_s": [round(w, 2) for w in self.wait_s]})
         stages = every[:self.stages]  # replica 0's
         steps = [s["step_time_ms"] for s in every]
         peaks = [s["peak_memory_bytes"] for s in stages]
@@ -386,6 +398,7 @@ class PipelineStrategy(DDPStrategy):
             "peak_memory_bytes": max((p for p in peaks if p is not None), default=None),
             "worker_peak_memory_bytes": peaks, "worker_step_ms": [s["step_time_ms"] for s in stages],
             "worker_step_cpu_ms": [s["step_cpu_ms"] for s in stages], "step_time_ms": None, "step_cpu_ms": None,
+            "worker_recv_wait_s": [s["wait_s"][0] for s in stages], "worker_send_wait_s": [s["wait_s"][1] for s in stages],
         }
 
     def on_validation_start(self) -> None:

@@ -8,16 +8,17 @@ slowest resource. The resources are
   plus, with R > 1 replicas, the ring all-reduce of its blocks' gradients with the same stage of
   the other replicas (``2 (R-1) x (bytes / R / bandwidth + latency)``, not overlapped with compute: the
   conservative case);
-* each link between consecutive stages: one boundary activation per batch
-  (``bytes / bandwidth + latency``). With ``overlap=True`` (NCCL on GPUs, copy engines) a
+* each link between consecutive stages: one boundary activation per batch, with the batch it
+  was made from (``bytes / bandwidth + latency``). With ``overlap=True`` (NCCL on GPUs, copy engines) a
   transfer runs beside the compute and the link is a resource of its own; with
   ``overlap=False`` (gloo on CPU: the cores copy the bytes) both ends pay it in their compute.
 
 From the period follow the steady-state images/s (R batches per period), the speedup over one
 device running all blocks one after the other (``R x sum(block times) / period``), and the
 *bubble*: the share of stage time spent waiting, in steady state (unequal stages) and over a
-run of N batches (the P-1 batches of fill and drain). The inputs are measured, not assumed:
-per-block step times (``glcan.lit.pipeline.block_times_ms``, which the pipeline launcher uses
+run of N batches (the P-1 batches of fill and drain). The stages' meetings every
+``log_every_n_steps`` batches (one drain each) are left out. The inputs are measured, not assumed:
+per-block step times (``glcan.lit.pipeline.block_times_ms``, which the pipeline strategy uses
 for its grouping), activation and gradient sizes; only the links are assumptions, named in
 :data:`LINKS`. bench/pipeline_model.py checks the model against measured pipeline runs and
 writes the GPU predictions to docs/benchmarks/pipeline_model.md.
