@@ -331,7 +331,8 @@ class PipelineStrategy(DDPStrategy):
         try:
             dist.all_reduce(out)
         except RuntimeError as e:
-            raise PipelineError(f"{self.describe(self.global_rank)}: another stage stopped: {short_error(e)}") from None
+            raise PipelineError(f"{self.describe(self.global_rank)}: another stage stopped responding while they "
+                                f"exchanged losses: {short_error(e)}") from None
         return out
 
     def average_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
