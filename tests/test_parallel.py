@@ -135,14 +135,16 @@ SR = ["--config", str(ROOT / "configs/sr_x2_edsr_glcan_k4.yaml"), "--data.patch_
       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--logger.enabled", "false",
       "--model.split", "uniform", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
 VARIANTS = {"super-resolution": SR, "infopro": [*RUN, "--model.head", "infopro"],
-            "local_recompute": [*RUN, "--model.method", "local_recompute"]}
+            "local_recompute": [*RUN, "--model.method", "local_recompute"],
+            "bf16-mixed": [*RUN, "--trainer.precision", "bf16-mixed"]}
 
 
 @pytest.mark.slow  # starts processes
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_task_and_method_pipelines_to_the_sequential_result(variant, tmp_path):
     """Super-resolution (HR targets, the heads' bicubic residual), InfoPro (its heads reconstruct
-    the network input, which every stage loads) and recomputation, pipelined = sequential."""
+    the network input, which travels with the activation), recomputation and bf16 autocast
+    (activations sent in the dtype they were made in), pipelined = sequential."""
     args = VARIANTS[variant]
     _fit_subprocess(*args, *PIPE, "--parallel.grouping", "[2]", "--run_dir", str(tmp_path / "pipe"))
     threads = torch.get_num_threads()
