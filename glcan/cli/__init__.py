@@ -22,7 +22,7 @@ from glcan.cli.cli import CONFIGS, GLCanCLI
 from glcan.core.step import NonFiniteLoss
 
 COMMANDS: dict[str, str] = {
-    "fit": "Train one run (or pipeline workers, or DDP), then test it and write summary.json.",
+    "fit": "Train one run (in one process, DDP or a pipeline), then test it and write summary.json.",
     "validate": "Evaluate a checkpoint on the validation set (--ckpt_path).",
     "test": "Evaluate a checkpoint on the test set (--ckpt_path); writes test_<checkpoint>.json beside its run.",
     "predict": "Predict every image under --images (or --data.root) from a checkpoint: class and probability "

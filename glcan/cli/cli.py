@@ -8,7 +8,7 @@ seeds, and runs the Trainer method of the subcommand. glcan adds only what is it
   ``num_blocks: auto``), through a jsonargparse instantiator;
 - ``fit`` writes into a run directory it places and locks (glcan.lit.rundir; ``--ckpt_path
   last`` resumes the latest run of the same experiment in place), attaches the CSV and W&B
-  loggers there, trains (in this process, DDP, or pipeline workers), then tests and writes
+  loggers there, trains (in this process, DDP replicas or pipeline stages), then tests and writes
   summary.json; Ctrl+C or SIGTERM leaves a checkpoint and the command that resumes;
 - ``validate``/``test``/``predict`` take the checkpoint's own run config when no ``--config``
   is given, and leave a record beside the checkpoint's run.
@@ -46,8 +46,7 @@ DEFAULTS = CONFIGS / "defaults.yaml"
 
 
 def precision_name(precision: Any) -> str:
-    """``trainer.precision`` as the model's memory predictions name it (a module-level function:
-    the parser's links travel with the model to pipeline workers, and a lambda cannot)."""
+    """``trainer.precision`` as the model's memory predictions name it (the parser's link)."""
     return str(precision or "32-true")
 
 

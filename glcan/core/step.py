@@ -8,9 +8,9 @@ activations alive at once, which saves nothing.
 
 Every method runs this step: end-to-end training is the network as one block whose head is the
 backbone's classifier (``e2e_recompute`` and ``local_recompute`` only recompute inside their
-blocks). Everything here is plain PyTorch, so the LightningModule, the pipeline workers, the
-memory predictor and the benchmarks all run exactly the same step and the same block update;
-each only says how to backward and how to step an optimizer.
+blocks). Everything here is plain PyTorch, so the LightningModule (in every process and every
+pipeline stage), the memory predictor and the benchmarks all run exactly the same step and the
+same block update; each only says how to backward and how to step an optimizer.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def block_optimizers(net: SplitNetwork, spec: Spec, lr_scale: Optional[Sequence[
 
 def step_schedulers(schedulers: Sequence[Any], interval: str, boundary: str) -> None:
     """Step every scheduler whose ``interval`` (``step`` or ``epoch``) ends at ``boundary``
-    (``batch`` or ``epoch``): the one scheduler clock of the module and the pipeline workers."""
+    (``batch`` or ``epoch``): the module's one scheduler clock, in every process of every mode."""
     if (interval == "step") == (boundary == "batch"):
         for s in schedulers:
             s.step()

@@ -1,4 +1,4 @@
-"""The peak memory of real training steps: one meter for one process and for pipeline workers.
+"""The peak memory of real training steps: one meter for every process, pipeline stages included.
 
 On CUDA it reads the caching allocator's own counters (``max_memory_allocated``, and
 ``max_memory_reserved`` beside it), reset when each block starts so that the block that sets
