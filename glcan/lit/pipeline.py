@@ -32,6 +32,7 @@ every block, and there every stage checks every loss, so a NaN stops all stages 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import datetime
 import random
@@ -39,7 +40,7 @@ import statistics
 import time
 import warnings
 from collections import deque
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -325,14 +326,20 @@ class PipelineStrategy(DDPStrategy):
         while self._inflight:
             self._wait_oldest()
 
+    @contextlib.contextmanager
+    def _together(self, doing: str) -> Iterator[None]:
+        """A collective of every rank: a rank that died or hangs ends it in one line."""
+        try:
+            yield
+        except RuntimeError as e:
+            raise PipelineError(f"{self.describe(self.global_rank)}: another stage stopped responding while they "
+                                f"{doing}: {short_error(e)}") from None
+
     def exchange(self, values: torch.Tensor) -> torch.Tensor:
         """The sum over every rank of ``values`` (each stage fills in its own blocks' entries)."""
         out = values.detach().to(self.root_device, torch.float64).clone()
-        try:
+        with self._together("exchanged losses"):
             dist.all_reduce(out)
-        except RuntimeError as e:
-            raise PipelineError(f"{self.describe(self.global_rank)}: another stage stopped responding while they "
-                                f"exchanged losses: {short_error(e)}") from None
         return out
 
     def average_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
@@ -343,7 +350,8 @@ class PipelineStrategy(DDPStrategy):
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=self._stage_groups[self.stage])
+        with self._together("averaged gradients"):
+            dist.all_reduce(flat, group=self._stage_groups[self.stage])
         flat /= self.replicas
         offset = 0
         for g in grads:
@@ -364,7 +372,7 @@ class PipelineStrategy(DDPStrategy):
 
     def _broadcast_module(self, source: Any) -> None:
         """Every parameter and buffer from rank ``source(key)``."""
-        with torch.no_grad():
+        with torch.no_grad(), self._together("shared the network"):
             for key, tensor in self.lightning_module.state_dict(keep_vars=True).items():
                 dist.broadcast(tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor, src=source(key))
 
@@ -376,7 +384,8 @@ class PipelineStrategy(DDPStrategy):
         """Block k's optimizer state, from the rank that trains block k."""
         index = next(i for i, o in enumerate(self.optimizers) if o is optimizer or getattr(o, "optimizer", None) is optimizer)
         state = [optimizer.state_dict() if self.global_rank == self.owner(index) else None]
-        dist.broadcast_object_list(state, src=self.owner(index))
+        with self._together("saved a checkpoint"):
+            dist.broadcast_object_list(state, src=self.owner(index))
         return state[0]
 
     def summary_fields(self, measured: dict[str, Any], batch_size: int) -> dict[str, Any]:
