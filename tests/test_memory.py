@@ -98,6 +98,17 @@ def test_memory_split_beats_uniform_for_resnet110_k4():
 
 
 
+def test_memory_split_counts_the_lookahead_copies():
+    """A lookahead head runs a copy of the next block: the memory split weighs it, and its
+    measured peak is below the split that ignores the copies (ResNet-20, K=4, two lookaheads)."""
+    args = {**BASE, "method": "local", "backbone": "resnet20", "num_blocks": 4, "batch_size": 128, "lookahead": 2}
+    blind = memory_split(plan_module._split_costs(args), 4)
+    aware = plan_module.memory_boundaries(args)
+    assert aware != blind
+    peak = lambda b: plan_module.predicted_peak({**args, "boundaries": b}).peak_bytes  # noqa: E731
+    assert peak(aware) < 0.9 * peak(blind)
+
+
 def test_recompute_split_is_the_candidate_with_the_lower_measured_peak():
     """Under recomputation the cost model's two counts of a head's gradient can pick different
     splits; the plan measures both and keeps the lower peak (ResNet-32, K=8: they differ)."""

@@ -1,6 +1,7 @@
 """Splitting a list of units into K blocks: policies and the errors users see."""
 
 import itertools
+import random
 
 import pytest
 
@@ -25,6 +26,27 @@ def test_balanced_is_optimal_against_brute_force():
             for c in itertools.combinations(range(1, len(weights)), k - 1)
         )
         assert max(cost(a, b) for a, b in block_ranges(got, len(weights))) == best
+
+
+def test_balanced_with_lookahead_copies_is_optimal_against_brute_force():
+    """A lookahead block also pays for a copy of its next block: the coupled programme still
+    finds the smallest largest cost (every split of up to 9 units, any K, any lookahead count)."""
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(2, 9)
+        k, w, a = rng.randint(1, n), [rng.randint(1, 20) for _ in range(n)], [rng.randint(0, 20) for _ in range(n)]
+        ahead = rng.randint(0, k)
+        own = lambda i, j: sum(w[i:j]) + max(w[i:j])  # noqa: E731
+        copy = lambda j, l: sum(a[j:l])  # noqa: E731
+
+        def peak(b):
+            r = block_ranges(list(b), n)
+            return max(own(i, j) + (copy(*r[m + 1]) if m >= k - 1 - min(ahead, k - 1) and m < k - 1 else 0)
+                       for m, (i, j) in enumerate(r))
+
+        got = balanced_boundaries(n, k, own, copy, ahead)
+        assert len(got) == k - 1 and got == sorted(set(got)) and all(0 < b < n for b in got)
+        assert peak(got) == min(peak(c) for c in itertools.combinations(range(1, n), k - 1))
 
 
 def test_balanced_beats_uniform_on_front_heavy_costs():

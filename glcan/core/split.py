@@ -13,7 +13,7 @@ first, so K blocks have K-1 strictly increasing boundaries in (0, num_units). Th
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 SplitSpec = Union[str, Sequence[int]]
 
@@ -31,20 +31,27 @@ def uniform_boundaries(num_units: int, num_blocks: int) -> list[int]:
     return _sizes_to_boundaries(sizes)
 
 
-def balanced_boundaries(num_units: int, num_blocks: int, block_cost: Callable[[int, int], float]) -> list[int]:
-    """Boundaries that minimise the largest ``block_cost(first, last_exclusive)`` over the blocks.
+def balanced_boundaries(num_units: int, num_blocks: int, block_cost: Callable[[int, int], float],
+                        ahead_cost: Optional[Callable[[int, int], float]] = None, ahead_blocks: int = 0) -> list[int]:
+    """Boundaries that minimise the largest block cost over the blocks.
 
-    An exact dynamic programme over contiguous partitions, O(K * n^2) cost evaluations: with
-    n = 55 units (ResNet-110) and K = 16 that is under 50k calls, so ``block_cost`` should be cheap
-    (prefix sums over per-unit measurements). Ties are broken towards the smaller total cost.
+    A block [i, j) costs ``block_cost(i, j)``; each of the ``ahead_blocks`` blocks before the last
+    also costs ``ahead_cost(j, l)`` for carrying a copy of its next block [j, l) (a lookahead
+    head), so its cost depends on where the next block ends too. An exact dynamic programme over
+    contiguous partitions: O(K * n^2) cost evaluations for the independent blocks (with n = 55
+    units, ResNet-110, and K = 16 under 50k calls, so the costs should be cheap: prefix sums over
+    per-unit measurements), O(n^3) more per coupled block, whose state is the range of the last
+    block placed. Ties are broken towards the smaller total cost.
     """
     check_num_blocks(num_units, num_blocks)
+    coupled = min(max(ahead_blocks, 0), num_blocks - 1) if ahead_cost is not None else 0
+    plain = num_blocks - 1 - coupled if coupled else num_blocks  # blocks whose cost is their own
     inf = float("inf")
-    # best[k][j]: (max block cost, total cost) of splitting units [0, j) into k blocks.
-    best = [[(inf, inf)] * (num_units + 1) for _ in range(num_blocks + 1)]
-    cut = [[0] * (num_units + 1) for _ in range(num_blocks + 1)]
+    # best[k][j]: (max block cost, total cost) of splitting units [0, j) into k plain blocks.
+    best = [[(inf, inf)] * (num_units + 1) for _ in range(plain + 1)]
+    cut = [[0] * (num_units + 1) for _ in range(plain + 1)]
     best[0][0] = (0.0, 0.0)
-    for k in range(1, num_blocks + 1):
+    for k in range(1, plain + 1):
         for j in range(k, num_units - (num_blocks - k) + 1):
             for i in range(k - 1, j):
                 prev_max, prev_sum = best[k - 1][i]
@@ -54,8 +61,43 @@ def balanced_boundaries(num_units: int, num_blocks: int, block_cost: Callable[[i
                 cand = (max(prev_max, c), prev_sum + c)
                 if cand < best[k][j]:
                     best[k][j], cut[k][j] = cand, i
-    boundaries, j = [], num_units
-    for k in range(num_blocks, 1, -1):
+    if not coupled:
+        return _trace(cut, plain, num_units)
+    # The coupled tail: state (i, j) is the last block placed, its own cost counted; its copy of
+    # the next block is counted when the next block is placed.
+    state: dict[tuple[int, int], tuple[float, float]] = {}
+    back: list[dict[tuple[int, int], int]] = []
+    for i in range(plain, num_units - coupled):
+        if best[plain][i][0] == inf:
+            continue
+        for j in range(i + 1, num_units - coupled + 1):
+            c = block_cost(i, j)
+            state[(i, j)] = (max(best[plain][i][0], c), best[plain][i][1] + c)
+    for b in range(plain + 1, num_blocks):
+        nxt: dict[tuple[int, int], tuple[float, float]] = {}
+        came: dict[tuple[int, int], int] = {}
+        last = num_units - (num_blocks - 1 - b)  # block b may end at most here
+        for (i, j), (prev_max, prev_sum) in state.items():
+            for l in range(j + 1, last + 1):
+                if b == num_blocks - 1 and l != num_units:
+                    continue
+                own, extra = block_cost(j, l), ahead_cost(j, l)
+                cand = (max(prev_max, block_cost(i, j) + extra, own), prev_sum + extra + own)
+                if cand < nxt.get((j, l), (inf, inf)):
+                    nxt[(j, l)], came[(j, l)] = cand, i
+        state = nxt
+        back.append(came)
+    (i, j), starts = min(state, key=state.get), []
+    for came in reversed(back):  # from the last block back to the first coupled one
+        starts.append(i)
+        i, j = came[(i, j)], i
+    return _trace(cut, plain, i) + ([i] if plain else []) + sorted(starts)
+
+
+def _trace(cut: list[list[int]], blocks: int, end: int) -> list[int]:
+    """The boundaries between the best ``blocks`` blocks over units [0, end), from the cut table."""
+    boundaries, j = [], end
+    for k in range(blocks, 1, -1):
         j = cut[k][j]
         boundaries.append(j)
     return sorted(boundaries)

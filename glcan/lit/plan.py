@@ -149,12 +149,13 @@ def memory_boundaries(arguments: dict[str, Any]) -> list[int]:
     if k == 1:
         return []
     costs = _once("split costs", {key: arguments.get(key) for key in _COST_KEYS}, lambda: _split_costs(arguments))
+    ahead = int(arguments.get("lookahead", 0) or 0)
     if arguments["method"] != "local_recompute":
-        return memory_split(costs, k)
+        return memory_split(costs, k, lookahead=ahead)
     # Under recomputation the additive cost model ranks blocks less well (glcan.memory.costs):
     # when its two counts of the head's gradient disagree, the predictor measures both splits
     # and the lower peak wins. The chosen split's measurement is the one the report reuses.
-    candidates = [memory_split(costs, k, recompute=True, shared_gradient=s) for s in (False, True)]
+    candidates = [memory_split(costs, k, recompute=True, shared_gradient=s, lookahead=ahead) for s in (False, True)]
     if candidates[0] == candidates[1]:
         return candidates[0]
     return min(candidates, key=lambda b: predicted_peak({"image_shape": [3, 32, 32], **arguments, "boundaries": b}).peak_bytes)

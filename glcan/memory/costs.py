@@ -145,8 +145,14 @@ def split_costs(
     return SplitCosts(unit_costs(units, image_shape, batch_size), [tuple(s) for s in shapes], heads, tail)
 
 
-def memory_split(costs: SplitCosts, num_blocks: int, recompute: bool = False, shared_gradient: bool = False) -> list[int]:
+def memory_split(costs: SplitCosts, num_blocks: int, recompute: bool = False, shared_gradient: bool = False,
+                 lookahead: int = 0) -> list[int]:
     """The boundaries that balance the blocks' predicted training memory (``split: memory``).
+
+    ``lookahead``: that many blocks before the last also hold a momentum copy of their next
+    block and its head (glcan.heads.lookahead; -1: every block but the last). A copy's forward
+    keeps what the next block's units save, beside the copy's weights and the next head's peak,
+    so such a block weighs more the longer its next block is: the split counts it.
 
     ``recompute``: the blocks checkpoint every unit (``local_recompute``). ``shared_gradient``:
     count the gradient a head hands its block once, not in the head's peak and again among the
@@ -167,4 +173,9 @@ def memory_split(costs: SplitCosts, num_blocks: int, recompute: bool = False, sh
         shared = min(head_cost, c[j - 1]["out"]) if shared_gradient else 0
         return prefix[j] - prefix[i] + recomputed + 2 * largest + head_cost - shared
 
-    return balanced_boundaries(len(c), num_blocks, block_cost)
+    def copy_cost(j: int, l: int) -> float:  # a copy of block [j, l) and its head, run ahead
+        head_cost = costs.tail if l == len(c) else costs.heads[costs.shapes[l - 1]]
+        return sum(u["saved"] + u["grads"] for u in c[j:l]) + max(u["out"] for u in c[j:l]) + head_cost
+
+    ahead = num_blocks - 1 if lookahead < 0 else lookahead
+    return balanced_boundaries(len(c), num_blocks, block_cost, copy_cost if ahead else None, ahead)
