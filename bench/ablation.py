@@ -13,7 +13,8 @@ Rows change one thing against the default GLCAN head (gc pooling, additive fusio
 (``avg``: the same attention pooling with its scores frozen at zero, through the same code), and
 the levers for large K (``lookahead``: a momentum copy of the next block for the last three
 blocks, MAN/MLAAN's leap; ``later``: AugLocal's auxiliary units shaped like the later layers;
-both). Every row runs seeds 0..N-1; a seed fixes initialisation and data order, the data split
+both; ``cheap_later``: the least of AugLocal, one later-shaped unit at a quarter of
+the width, alone and with the lookahead). Every row runs seeds 0..N-1; a seed fixes initialisation and data order, the data split
 is the same for all (data.seed), so rows are paired by seed. The lever for K=8 and K=4 is the
 one with the best mean *validation* accuracy at K=16; test accuracy is read for the references
 (E2E, the default), the pre-specified GC-against-avg comparison, and the chosen lever only.
@@ -59,6 +60,7 @@ CLASSIFICATION = "configs/mnist5k_resnet20_glcan_k4.yaml"
 SR = "configs/sr_x2_edsr_glcan_k4.yaml"
 R32 = ["--model.backbone", "resnet32"]
 LATER = {"later": 2, "later_width": 0.5, "later_pyramid": 0.5}
+CHEAP = {"later": 1, "later_width": 0.25}  # the least of AugLocal: one unit, a quarter of the width
 # row id -> (label, what it changes, fit options)
 ROWS: dict[str, tuple[str, str, list[str]]] = {
     "e2e": ("E2E", "the reference", ["--model.method", "e2e"]),
@@ -69,11 +71,15 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
               ["--model.head_kwargs", json.dumps(LATER, separators=(",", ":"))]),
     "later_lookahead": ("GLCAN + later layers + lookahead", "both levers",
                         ["--model.head_kwargs", json.dumps(LATER, separators=(",", ":")), "--model.lookahead", "3"]),
+    "cheap_later": ("GLCAN + 1 later layer", "AugLocal, cheapest: 1 later-shaped unit, width 0.25",
+                    ["--model.head_kwargs", json.dumps(CHEAP, separators=(",", ":"))]),
+    "cheap_later_lookahead": ("GLCAN + 1 later layer + lookahead", "the cheapest later unit and the lookahead",
+                              ["--model.head_kwargs", json.dumps(CHEAP, separators=(",", ":")), "--model.lookahead", "3"]),
     "sr_gc": ("sr_glcan (gc pooling)", "the default SR head", []),
     "sr_avg": ("sr_glcan, avg pooling", "pooling: attention scores frozen at zero",
                ["--model.head_kwargs", '{"pooling":"avg"}']),
 }
-LEVERS = ["lookahead", "later", "later_lookahead"]
+LEVERS = ["lookahead", "later", "later_lookahead", "cheap_later", "cheap_later_lookahead"]
 SETTINGS: dict[str, dict[str, Any]] = {
     "r32_k16": {"title": "ResNet-32, K=16 (one unit per block)", "k": 16, "rows": ["default", "avg", *LEVERS]},
     "r32_k8": {"title": "ResNet-32, K=8", "k": 8, "rows": ["default", "avg", "chosen"]},
