@@ -13,11 +13,12 @@ Rows change one thing against the default GLCAN head (gc pooling, additive fusio
 (``avg``: the same attention pooling with its scores frozen at zero, through the same code), and
 the levers for large K (``lookahead``: a momentum copy of the next block for the last three
 blocks, MAN/MLAAN's leap; ``later``: AugLocal's auxiliary units shaped like the later layers;
-both; ``cheap_later``: the least of AugLocal, one later-shaped unit at a quarter of
-the width, alone and with the lookahead). Every row runs seeds 0..N-1; a seed fixes initialisation and data order, the data split
-is the same for all (data.seed), so rows are paired by seed. The lever for K=8 and K=4 is the
-one with the best mean *validation* accuracy at K=16; test accuracy is read for the references
-(E2E, the default), the pre-specified GC-against-avg comparison, and the chosen lever only.
+both; ``cheap_later``: the least of AugLocal, one later-shaped unit at a quarter of the width,
+alone and with the lookahead). Every row runs seeds 0..N-1; a seed fixes initialisation and data
+order, the data split is the same for all (data.seed), so rows are paired by seed. The lever for
+K=8 and K=4 is the one with the best mean *validation* accuracy at K=16; test accuracy is read
+for the references (E2E, the default), the pre-specified GC-against-avg comparison, and the
+chosen lever only.
 
 Every run goes through ``train.py compare`` (one comparison per setting and row, under
 ``--out``), so an interrupted ablation resumes where it stopped; ``--report-only`` rebuilds
