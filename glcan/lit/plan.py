@@ -150,13 +150,19 @@ def memory_boundaries(arguments: dict[str, Any]) -> list[int]:
         return []
     costs = _once("split costs", {key: arguments.get(key) for key in _COST_KEYS}, lambda: _split_costs(arguments))
     ahead = int(arguments.get("lookahead", 0) or 0)
-    if arguments["method"] != "local_recompute":
-        return memory_split(costs, k, lookahead=ahead)
-    # Under recomputation the additive cost model ranks blocks less well (glcan.memory.costs):
-    # when its two counts of the head's gradient disagree, the predictor measures both splits
-    # and the lower peak wins. The chosen split's measurement is the one the report reuses.
-    candidates = [memory_split(costs, k, recompute=True, shared_gradient=s, lookahead=ahead) for s in (False, True)]
-    if candidates[0] == candidates[1]:
+    recompute = arguments["method"] == "local_recompute"
+    # The additive cost model ranks blocks less well in two cases (glcan.memory.costs): under
+    # recomputation its two counts of the head's gradient can disagree, and a lookahead's copy of
+    # the next block is a rough count. Where the model's candidates differ (each count; with and
+    # without the copies), the predictor measures them and the lower peak wins; the chosen
+    # split's measurement is the one the report reuses.
+    candidates: list[list[int]] = []
+    for shared in ((False, True) if recompute else (False,)):
+        for copies in dict.fromkeys((ahead, 0)):
+            split = memory_split(costs, k, recompute=recompute, shared_gradient=shared, lookahead=copies)
+            if split not in candidates:
+                candidates.append(split)
+    if len(candidates) == 1:
         return candidates[0]
     return min(candidates, key=lambda b: predicted_peak({"image_shape": [3, 32, 32], **arguments, "boundaries": b}).peak_bytes)
 

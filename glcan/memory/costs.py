@@ -152,7 +152,8 @@ def memory_split(costs: SplitCosts, num_blocks: int, recompute: bool = False, sh
     ``lookahead``: that many blocks before the last also hold a momentum copy of their next
     block and its head (glcan.heads.lookahead; -1: every block but the last). A copy's forward
     keeps what the next block's units save, beside the copy's weights and the next head's peak,
-    so such a block weighs more the longer its next block is: the split counts it.
+    so such a block weighs more the longer its next block is: the split counts it (a rough count,
+    so the plan measures this split against the one without the copies).
 
     ``recompute``: the blocks checkpoint every unit (``local_recompute``). ``shared_gradient``:
     count the gradient a head hands its block once, not in the head's peak and again among the
