@@ -14,7 +14,8 @@ Rows change one thing against the default GLCAN head (gc pooling, additive fusio
 the levers for large K (``lookahead``: a momentum copy of the next block for the last three
 blocks, MAN/MLAAN's leap; ``later``: AugLocal's auxiliary units shaped like the later layers;
 both; ``cheap_later``: the least of AugLocal, one later-shaped unit at a quarter of the width,
-alone, with the lookahead, and with a lookahead for the block before the last only). Every row runs seeds 0..N-1; a seed fixes initialisation and data
+alone, with the lookahead, and with a lookahead for the block before the last only; ``relay``:
+GLCAN's collaborative path, a global state carried from head to head along the blocks). Every row runs seeds 0..N-1; a seed fixes initialisation and data
 order, the data split is the same for all (data.seed), so rows are paired by seed. The lever for
 K=8 and K=4 is the one with the best mean *validation* accuracy at K=16; test accuracy is read
 for the references (E2E, the default), the pre-specified GC-against-avg comparison, and the
@@ -79,11 +80,14 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "cheap_later_lookahead1": ("GLCAN + 1 later layer + lookahead on the last block",
                                "the cheapest later unit; only the block before the last looks ahead",
                                ["--model.head_kwargs", json.dumps(CHEAP, separators=(",", ":")), "--model.lookahead", "1"]),
+    "relay": ("GLCAN + relay", "the collaborative path: a 64-d global state passed from head to head",
+              ["--model.head_kwargs", '{"relay":64}']),
     "sr_gc": ("sr_glcan (gc pooling)", "the default SR head", []),
     "sr_avg": ("sr_glcan, avg pooling", "pooling: attention scores frozen at zero",
                ["--model.head_kwargs", '{"pooling":"avg"}']),
 }
-LEVERS = ["lookahead", "later", "later_lookahead", "cheap_later", "cheap_later_lookahead", "cheap_later_lookahead1"]
+LEVERS = ["lookahead", "later", "later_lookahead", "cheap_later", "cheap_later_lookahead", "cheap_later_lookahead1",
+          "relay"]
 SETTINGS: dict[str, dict[str, Any]] = {
     "r32_k16": {"title": "ResNet-32, K=16 (one unit per block)", "k": 16, "rows": ["default", "avg", *LEVERS]},
     "r32_k8": {"title": "ResNet-32, K=8", "k": 8, "rows": ["default", "avg", "chosen"]},

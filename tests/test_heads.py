@@ -107,6 +107,7 @@ def test_head_shapes_and_gradients(name: str, shape: tuple[int, int, int]) -> No
 @pytest.mark.parametrize("options", [
     {"pooling": "avg"}, {"pooling": "max", "fusion": "mul"}, {"hidden": 64, "grid": 1}, {"fusion": "both"},
     {"attention_heads": 4}, {"fuse_input": True}, {"local_path": False}, {"context_in_classifier": False},
+    {"relay": 16},
 ])
 def test_glcan_head_options(options: dict) -> None:
     """Every option trains every parameter it has (two steps: the zero-initialised fusion passes

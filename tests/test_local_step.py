@@ -12,10 +12,10 @@ from glcan.core.step import local_step
 from glcan.lit import GLCanModule
 
 
-def make(k: int = 4, head: str = "glcan", split="uniform", backbone: str = "resnet20") -> GLCanModule:
+def make(k: int = 4, head: str = "glcan", split="uniform", backbone: str = "resnet20", **kw) -> GLCanModule:
     torch.manual_seed(0)
     return GLCanModule.planned(backbone=backbone, method="local", num_blocks=k, split=split, head=head,
-                               image_shape=(1, 32, 32), num_classes=10, batch_size=8)
+                               image_shape=(1, 32, 32), num_classes=10, batch_size=8, **kw)
 
 
 def batch(n: int = 8):
@@ -30,6 +30,24 @@ def test_block_gradients_come_only_from_its_own_head(target):
     only_own = block_grads(make().net, *batch(), target, silence_others=True)
     assert with_all and all(torch.equal(a, b) for a, b in zip(with_all, only_own))
     assert any(g.abs().sum() > 0 for g in with_all)
+
+
+def test_the_relay_passes_each_heads_state_on_and_no_gradient_back():
+    """The collaborative path: head k reads the state head k-1 left for the same batch, and that
+    read is detached, so block k-1's gradients still come from its own head only."""
+    relay = {"head_kwargs": {"relay": 16}}
+    for target in (1, 2):
+        with_all = block_grads(make(**relay).net, *batch(), target, silence_others=False)
+        only_own = block_grads(make(**relay).net, *batch(), target, silence_others=True)
+        assert with_all and all(torch.equal(a, b) for a, b in zip(with_all, only_own))
+    net = make(**relay).net
+    local_step(net, *batch(), step=lambda k: None)
+    box = net.heads[0].mailbox
+    assert box is net.heads[2].mailbox and sorted(box) == [0, 1, 2]  # the last block trains through the classifier
+    head, context = net.heads[2], torch.randn(8, net.heads[2].relay[0].in_features - 16)
+    read = head.relayed(context)
+    box[1] = torch.zeros_like(box[1])
+    assert not torch.equal(read, head.relayed(context))  # what head 2 computes depends on head 1's state
 
 
 @pytest.mark.parametrize("head", ["glcan", "linear", "dgl", "infopro"])

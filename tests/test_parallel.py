@@ -334,6 +334,7 @@ def test_bad_pipeline_settings_are_refused_in_one_line(tmp_path, capsys):
         (["--model.method", "e2e"], "trains model.method=local"),
         (["--parallel.grouping", "[3, 1]"], "parallel.grouping [3, 1]"),
         (["--model.lookahead", "1"], "model.lookahead is not supported in pipeline mode"),
+        (["--model.head_kwargs", '{"relay": 8}'], "head_kwargs.relay is not supported in pipeline mode"),
         (["--parallel.replicas", "0"], "parallel.replicas must be >= 1"),
     ]
     for extra, message in cases:

@@ -173,6 +173,10 @@ def build_network(
     if last_head == "classifier":
         heads[-1] = classifier_head(backbone.classifier)
     blocks = [sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]
+    mailbox: dict[int, Any] = {}  # the relaying heads' shared state (the glcan head's collaborative path)
+    for h in heads:
+        if getattr(h, "relay", None) is not None:
+            h.mailbox = mailbox
     ahead = len(blocks) - 1 if lookahead < 0 else min(lookahead, len(blocks) - 1)
     for k in range(len(blocks) - 2, len(blocks) - 2 - ahead, -1):  # from the back: each copies a plain head
         heads[k] = LookaheadHead(heads[k], blocks[k + 1], heads[k + 1], lookahead_momentum)

@@ -115,6 +115,11 @@ class GLCanHead(AuxHead):
         later_width: the later units' channels as a fraction of the sampled layers'.
         later_pyramid: the later stack's depth shrinks linearly to ``later * later_pyramid`` at
             the last auxiliary block (AugLocal's pyramid); None keeps it.
+        relay: the collaborative path: the size of a global state carried from head to head
+            along the blocks. Head k reads the state head k-1 left for this batch (detached: no
+            gradient crosses a block boundary), updates it with its own context,
+            ``r_k = ReLU(Linear([context_k, r_(k-1)]))``, and its classifier sees ``r_k`` too, so
+            each head sees more than its own block. 0 (the default) is off.
         block_index, num_blocks, later_shapes: where the head sits (set by the trainer).
     """
 
@@ -136,6 +141,7 @@ class GLCanHead(AuxHead):
         later: int = 0,
         later_width: float = 1.0,
         later_pyramid: Optional[float] = None,
+        relay: int = 0,
         block_index: int = 0,
         num_blocks: int = 1,
         later_shapes: Sequence[Sequence[int]] = (),
@@ -168,7 +174,13 @@ class GLCanHead(AuxHead):
         # The second fusion, into the pooled input (C channels), shares the pooled context.
         self.input_fusion = ContextBlock(c, ratio=ratio, pooling="avg", fusion="add") if fuse_input else None
         self.act = nn.ReLU(inplace=True)  # acts on the fusion's fresh output
-        features = (w * gh * gw if local_path else 0) + (c if context_in_classifier else 0)
+        if relay < 0:
+            raise ValueError(f"glcan head needs relay >= 0, got {relay}")
+        self.relay = nn.Sequential(nn.Linear(c + relay, relay), nn.ReLU()) if relay else None
+        self.relay_size, self.block_index = relay, block_index
+        # The network's relaying heads share one mailbox (glcan.core.build); a head alone has none.
+        self.mailbox: Optional[dict[int, torch.Tensor]] = None
+        features = (w * gh * gw if local_path else 0) + (c if context_in_classifier else 0) + relay
         self.classifier: nn.Module
         if hidden is None:
             self.classifier = nn.Linear(features, num_classes)
@@ -203,4 +215,18 @@ class GLCanHead(AuxHead):
         fused, ctx = self.features(self.later(h))
         parts = ([self.grid(fused).flatten(1)] if fused is not None else []) + \
                 ([ctx.flatten(1)] if self.context_in_classifier else [])
+        if self.relay is not None:
+            parts.append(self.relayed(ctx.flatten(1)))
         return self.classifier(torch.cat(parts, dim=1))
+
+    def relayed(self, context: torch.Tensor) -> torch.Tensor:
+        """The collaborative path's state after this head: the previous head's state for this
+        batch (heads run in block order; zeros for the first head or a head on its own) updated
+        with this head's context, and left in the mailbox for the next head, detached."""
+        box = self.mailbox if self.mailbox is not None else {}
+        previous = box.get(self.block_index - 1)
+        if previous is None or previous.shape[0] != context.shape[0]:
+            previous = context.new_zeros(context.shape[0], self.relay_size)
+        state = self.relay(torch.cat([context, previous.detach()], dim=1))
+        box[self.block_index] = state.detach()
+        return state

@@ -439,6 +439,9 @@ def check_pipeline(model: Any, trainer: Any, stages: int, grouping: Any, depth: 
     if h.get("lookahead"):
         raise PipelineError("model.lookahead is not supported in pipeline mode: a block's momentum copy of the next "
                             "block needs that block's weights, which another stage trains")
+    if (h.get("head_kwargs") or {}).get("relay"):
+        raise PipelineError("head_kwargs.relay is not supported in pipeline mode: a head reads the state the head "
+                            "before it left for the same batch, on another stage")
     if (trainer.get("accumulate_grad_batches") or 1) != 1:
         raise PipelineError("trainer.accumulate_grad_batches must be 1 (each block steps once per batch)")
     if depth < 1 or timeout <= 0 or (threads is not None and threads < 1):
