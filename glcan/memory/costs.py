@@ -174,9 +174,13 @@ def memory_split(costs: SplitCosts, num_blocks: int, recompute: bool = False, sh
         shared = min(head_cost, c[j - 1]["out"]) if shared_gradient else 0
         return prefix[j] - prefix[i] + recomputed + 2 * largest + head_cost - shared
 
+    kept = [0]  # a copy keeps what its units save, and holds their weights (no gradients)
+    for u in c:
+        kept.append(kept[-1] + u["saved"] + u["grads"])
+
     def copy_cost(j: int, l: int) -> float:  # a copy of block [j, l) and its head, run ahead
         head_cost = costs.tail if l == len(c) else costs.heads[costs.shapes[l - 1]]
-        return sum(u["saved"] + u["grads"] for u in c[j:l]) + max(u["out"] for u in c[j:l]) + head_cost
+        return kept[l] - kept[j] + max(u["out"] for u in c[j:l]) + head_cost
 
     ahead = num_blocks - 1 if lookahead < 0 else lookahead
     return balanced_boundaries(len(c), num_blocks, block_cost, copy_cost if ahead else None, ahead)
