@@ -256,7 +256,8 @@ def report(out: Path, settings: list[str], seeds: int, command: str, costs: bool
     if costs and "r32_k16" in settings:
         ran = [r for r in ["default", *LEVERS] if summaries(out, "r32_k16", r)]
         lines += ["## What each lever costs", "",
-                  "Predicted peak memory at ResNet-110, CIFAR, batch 1024, K=16 (memory split), over E2E's (target "
+                  "Predicted peak memory at ResNet-110, CIFAR, batch 1024, K=16 (memory split, which counts a lookahead's "
+                  "copies of the next block), over E2E's (target "
                   "≤ 0.10), and step CPU time over E2E's at ResNet-32 K=16 (batch 128, 1 thread, the row's model and "
                   "E2E interleaved in one process, fastest of 6 steps each; target ≤ 1.10), beside what the lever buys "
                   "on validation at K=16. The chosen lever is picked on validation accuracy alone; the costs say "
