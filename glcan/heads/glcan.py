@@ -23,8 +23,9 @@ average pooling).
 
 Measured in docs/ablation.md (``python bench/ablation.py``, 5 paired seeds): at ResNet-32 K=16
 GC pooling and average pooling (the same path, scores frozen at zero) do not differ on the
-deployed network (-0.28 +- 0.80 points); what closes most of the large-K gap is ``later``
-(AugLocal's later-shaped units) with ``model.lookahead`` (docs/heads.md).
+deployed network (GC minus avg +0.00 +- 0.93 points); what closes most of the large-K gap is
+``later`` (AugLocal's later-shaped units) with ``model.lookahead`` (docs/heads.md). The
+collaborative path (``relay``) was measured too and gains nothing there.
 
 Cost: O(C*H*W) at full resolution (attention conv, weighted sum), O(w^2 * pool_size^2) for
 the rest. For CIFAR ResNet-32 the head stays under 10% of its block's FLOPs at K=4 and K=16,
