@@ -40,3 +40,63 @@ def test_bad_arguments_are_one_line():
         compose("training", 0)
     with pytest.raises(DataError, match="min_side"):
         compose("train", 0, min_side=64, max_side=32)
+
+
+# ---------------------------------------------------------------- a user's COCO folder
+import json  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+from glcan.data.coco_folder import CocoFolder, layout  # noqa: E402
+
+
+def _coco(folder, annotations=None, categories=((7, "cat"), (3, "dog")), images=(("a.png", 40, 30), ("b.png", 20, 20))):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, w, h in images:
+        Image.new("RGB", (w, h), (10, 20, 30)).save(folder / name)
+    data = {"images": [{"id": i + 1, "file_name": n, "width": w, "height": h} for i, (n, w, h) in enumerate(images)],
+            "categories": [{"id": c, "name": n} for c, n in categories],
+            "annotations": annotations if annotations is not None else
+            [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 5], "area": 50, "iscrowd": 0},
+             {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 40, 30], "area": 1200, "iscrowd": 0}]}
+    (folder / "annotations.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_a_coco_folder_reads_as_xyxy_boxes_with_contiguous_labels(tmp_path):
+    ds = CocoFolder(_coco(tmp_path / "d"))
+    assert layout(tmp_path / "d") == {"all": tmp_path / "d"}
+    assert len(ds) == 2 and ds.names == ["dog", "cat"] and ds.background == ["b.png"]
+    image, target = ds[0]
+    assert image.shape == (3, 30, 40) and image.dtype == torch.float32
+    assert target["boxes"].tolist() == [[2, 3, 12, 8], [0, 0, 40, 30]] and target["labels"].tolist() == [1, 0]
+    image, target = ds[1]  # background: kept, with no boxes
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+
+
+@pytest.mark.parametrize("annotations, message", [
+    ([{"id": 5, "image_id": 9, "category_id": 7, "bbox": [0, 0, 1, 1]}], "annotation 5 names image_id 9"),
+    ([{"id": 5, "image_id": 1, "category_id": 4, "bbox": [0, 0, 1, 1]}], "category_id 4; the file's categories are 3, 7"),
+    ([{"id": 5, "image_id": 1, "category_id": 7, "bbox": [35, 0, 10, 5]}], "lies outside its image 'a.png' (40x30)"),
+    ([{"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, 0, 5]}], "has no area"),
+    ([{"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5]}], "bbox must be [x, y, width, height]"),
+])
+def test_a_bad_coco_file_is_one_line_naming_the_record(tmp_path, annotations, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        CocoFolder(_coco(tmp_path / "d", annotations))
+
+
+def test_coco_layout_faults(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        layout(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="has no annotations.json"):
+        layout(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "annotations.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"not valid JSON \(line 1"):
+        CocoFolder(bad)
+    split = tmp_path / "split"
+    _coco(split / "train"), _coco(split / "test")
+    assert layout(split) == {"train": split / "train", "test": split / "test"}

@@ -1,0 +1,125 @@
+"""A user's detection data in COCO format: a folder of images and an ``annotations.json``.
+
+Layouts (``--data.name coco --data.root DIR``):
+
+- ``DIR/annotations.json`` with the images it names under ``DIR``: one set (evaluated whole;
+  for training it is split at random, seeded by ``data.seed``);
+- ``DIR/train``, ``DIR/val``, ``DIR/test``, each in that form (``val/`` optional).
+
+Reading goes through torchvision's ``CocoDetection`` and ``wrap_dataset_for_transforms_v2``
+(boxes as ``tv_tensors.BoundingBoxes`` in xyxy pixels that transforms v2 move with the image).
+Before that, the file is checked here so that a fault is one line naming the file and the
+record: unreadable or malformed JSON, an annotation of an unknown image or category, a box with
+no area or outside its image. COCO's category ids need not be contiguous: they are mapped to
+labels 0..C-1 in id order, and the map is kept (``categories``). An image without annotations
+is kept as background, and said once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from glcan.data.errors import DataError
+
+ANNOTATIONS = "annotations.json"
+SPLITS = ("train", "val", "test")
+EDGE = 1.0  # pixels a box may pass its image's edge (COCO's own boxes round outwards)
+
+
+def layout(root: str | Path) -> dict[str, Path]:
+    """``{split: folder}`` of a COCO root: ``{"all": root}`` or its train/val/test folders."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.root '{root}' is not a folder (coco wants a folder with {ANNOTATIONS}, or train/ "
+                        f"val/ test/ folders each with one)")
+    found = {s: path / s for s in SPLITS if (path / s / ANNOTATIONS).is_file()}
+    if found:
+        if "train" not in found and "test" not in found:
+            raise DataError(f"data.root '{root}': {', '.join(found)}/ found but neither train/ nor test/ has {ANNOTATIONS}")
+        return found
+    if not (path / ANNOTATIONS).is_file():
+        raise DataError(f"data.root '{root}' has no {ANNOTATIONS} (nor train/ val/ test/ folders with one)")
+    return {"all": path}
+
+
+def check_annotations(file: Path) -> dict[str, Any]:
+    """Read and check a COCO annotation file; returns ``{"categories": [ids in label order],
+    "names": [...], "background": [file names without annotations]}``, or one-line DataError."""
+    try:
+        data = json.loads(file.read_text())
+    except OSError as e:
+        raise DataError(f"{file}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise DataError(f"{file}: a COCO file needs 'images', 'annotations' and 'categories' lists")
+    try:
+        images = {int(im["id"]): im for im in data["images"]}
+        categories = sorted(int(c["id"]) for c in data["categories"])
+        names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{file}: every image and category needs an integer 'id' ({e!r})") from None
+    annotated = set()
+    for n, a in enumerate(data["annotations"]):
+        where = f"{file}: annotation {a.get('id', n) if isinstance(a, dict) else n}"
+        if not isinstance(a, dict) or a.get("image_id") not in images:
+            raise DataError(f"{where} names image_id {a.get('image_id') if isinstance(a, dict) else None!r}, "
+                            "which is not among the file's images")
+        if a.get("category_id") not in names:
+            raise DataError(f"{where} has category_id {a.get('category_id')!r}; the file's categories are "
+                            f"{', '.join(map(str, categories))}")
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise DataError(f"{where}: bbox must be [x, y, width, height] in pixels, got {box!r}")
+        x, y, w, h = box
+        im = images[a["image_id"]]
+        if w <= 0 or h <= 0:
+            raise DataError(f"{where}: bbox {box} has no area")
+        width, height = im.get("width"), im.get("height")
+        if x < -EDGE or y < -EDGE or (width and x + w > width + EDGE) or (height and y + h > height + EDGE):
+            raise DataError(f"{where}: bbox {box} lies outside its image '{im.get('file_name')}' ({width}x{height})")
+        annotated.add(a["image_id"])
+    background = [str(im.get("file_name")) for i, im in images.items() if i not in annotated]
+    return {"categories": categories, "names": [names[c] for c in categories], "background": background}
+
+
+class CocoFolder(Dataset):
+    """One COCO folder as ``(image 3 x H x W float in [0, 1], {"boxes" xyxy, "labels" 0..C-1})``."""
+
+    def __init__(self, folder: Path, transforms: Optional[Any] = None) -> None:
+        from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+
+        file = folder / ANNOTATIONS
+        info = check_annotations(file)
+        self.categories, self.names, self.background = info["categories"], info["names"], info["background"]
+        self.label = {c: i for i, c in enumerate(self.categories)}
+        try:
+            base = CocoDetection(str(folder), str(file), transforms=transforms)
+        except ImportError as e:
+            raise DataError(f"coco data needs pycocotools (pip install pycocotools): {e}") from None
+        self.data = wrap_dataset_for_transforms_v2(base, target_keys=("boxes", "labels", "image_id"))
+        missing = [base.coco.imgs[i]["file_name"] for i in base.ids if not (folder / base.coco.imgs[i]["file_name"]).is_file()]
+        if missing:
+            raise DataError(f"{file} names image '{missing[0]}', which is not under {folder}"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision.transforms.v2 import functional as TF
+
+        image, target = self.data[index]
+        image = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+        boxes = target.get("boxes")
+        labels = target.get("labels")
+        return image, {
+            "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) if boxes is not None else torch.zeros(0, 4),
+            "labels": torch.tensor([self.label[int(c)] for c in labels], dtype=torch.int64)
+            if labels is not None else torch.zeros(0, dtype=torch.int64),
+        }
