@@ -16,7 +16,7 @@ transform's resize is the identity (``min_size = max_size =`` the image size).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from glcan.backbones.backbone import Backbone
+from glcan.backbones.registry import register_backbone
 
 State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # FCOS's transform defaults (ImageNet's)
@@ -147,3 +148,18 @@ def fcos_backbone(detector: FCOS, name: str = "fcos") -> Backbone:
 def deployable(backbone: Backbone) -> FCOS:
     """The trained detector as torchvision's ``FCOS`` (the same parameter objects)."""
     return backbone.__dict__["detector"]
+
+
+def _factory(body: str, fpn_channels: int):
+    def build(num_classes: int, in_channels: int = 3, small_input: bool | None = None,
+              image_size: Optional[tuple[int, int]] = None) -> Backbone:
+        if in_channels != 3:
+            raise ValueError(f"fcos_{body}: detectors take RGB images (3 channels), got {in_channels}")
+        return fcos_backbone(build_fcos(body, num_classes, image_size or (800, 1333), fpn_channels), f"fcos_{body}")
+    return build
+
+
+# FCOS with a ResNet-18 body and a 64-channel FPN: the CPU-sized detector of the embedded set;
+# ResNet-50 with torchvision's 256 channels: the detector of the COCO/VOC configs.
+register_backbone("fcos_resnet18", task="detection")(_factory("resnet18", 64))
+register_backbone("fcos_resnet50", task="detection")(_factory("resnet50", 256))

@@ -17,6 +17,7 @@ from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundari
 from glcan.heads import AuxHead, ModuleHead, build_head
 from glcan.heads.lookahead import LookaheadHead
 from glcan.backbones import Backbone, build_backbone
+from glcan.backbones.fcos import feature
 
 METHODS = ("e2e", "e2e_recompute", "local", "local_recompute")
 LOCAL_METHODS = ("local", "local_recompute")
@@ -43,7 +44,7 @@ def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list
         for u in units:
             u.eval()  # no BatchNorm statistics are touched by the probe
             x = u(x)
-            shapes.append(tuple(x.shape[1:]))
+            shapes.append(tuple(feature(x).shape[1:]))  # a detector's unit also carries its kept levels
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ValueError(

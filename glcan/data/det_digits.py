@@ -141,3 +141,13 @@ def save_preview(path: str | Path, split: str = "train", count: int = 8, seed: i
     grid = make_grid(tiles, nrow=count, padding=2).permute(1, 2, 0).numpy()
     Image.fromarray(grid).save(path)
     return Path(path)
+
+
+def build(seed: int, size: int = 128) -> dict[str, Dataset]:
+    """The three splits (scenes drawn lazily, each a pure function of its index)."""
+    return {split: DetDigits(split, seed, size) for split in SIZES}
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Scenes of one size as one image tensor, their targets as a list (one dict per scene)."""
+    return torch.stack([x for x, _ in batch]), [t for _, t in batch]

@@ -10,7 +10,7 @@ baseline it must beat.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torchvision.models.detection.image_list import ImageList
 from glcan.backbones.fcos import State, feature
 from glcan.heads.base import AuxHead
 from glcan.heads.context_block import ContextBlock, Pooling
+from glcan.heads.registry import register_head
 
 
 class _Loss(nn.Module):
@@ -68,6 +69,20 @@ class DenseHead(AuxHead):
                                                     [tuple(x.shape[-2:])] * x.shape[0])
 
 
-def dense_heads(shapes: Sequence[tuple[int, ...]], image_size: int, num_classes: int, **kwargs: Any) -> list[DenseHead]:
-    """One dense head per block output shape (C, H, W)."""
-    return [DenseHead(c, num_classes, stride=image_size // w, **kwargs) for c, _, w in shapes]
+@register_head("det_glcan")
+def det_glcan(in_shape: tuple[int, ...], num_classes: int, image_shape: tuple[int, ...], width: int = 64,
+              pooling: Pooling = "gc", num_convs: int = 1) -> DenseHead:
+    """GLCAN's dense head: GC context fused into the block's local features, then FCOS's head."""
+    return DenseHead(in_shape[0], num_classes, image_shape[-1] // in_shape[-1], width, True, pooling, num_convs)
+
+
+@register_head("det_conv")
+def det_conv(in_shape: tuple[int, ...], num_classes: int, image_shape: tuple[int, ...], width: int = 64,
+             num_convs: int = 1) -> DenseHead:
+    """The same dense head without context: the baseline det_glcan must beat."""
+    return DenseHead(in_shape[0], num_classes, image_shape[-1] // in_shape[-1], width, False, "gc", num_convs)
+
+
+def is_detection_head(name: str) -> bool:
+    """Whether head ``name`` is made for detection (``det_*``)."""
+    return name.startswith("det_")

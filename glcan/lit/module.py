@@ -66,7 +66,7 @@ class GLCanModule(L.LightningModule):
         gradient_clip_val: clip each block's gradient norm to this value (not trainer.gradient_clip_val).
         num_classes: set from the data module (for super-resolution: the output channels, 3).
         image_shape: (C, H, W) of the input, set from the data module.
-        task: set from the data module: ``classification``, or ``sr_x2``/``sr_x3``/``sr_x4``
+        task: set from the data module: ``classification``, ``detection``, or ``sr_x2``/``sr_x3``/``sr_x4``
             (super-resolution: EDSR-style backbones, ``sr_glcan``/``sr_conv`` heads, PSNR/SSIM).
         batch_size: set from the data module; the memory split is computed at this batch size.
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
@@ -98,7 +98,7 @@ class GLCanModule(L.LightningModule):
         gradient_clip_val: Optional[float] = None,
         num_classes: int = 10,
         image_shape: Sequence[int] = (3, 32, 32),
-        task: Literal["classification", "sr_x2", "sr_x3", "sr_x4"] = "classification",
+        task: Literal["classification", "sr_x2", "sr_x3", "sr_x4", "detection"] = "classification",
         batch_size: int = 128,
         small_input: Optional[bool] = None,
         memory_budget: Optional[Union[int, str]] = None,
