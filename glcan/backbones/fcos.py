@@ -24,6 +24,8 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.image_list import ImageList
+from torch._subclasses.fake_tensor import is_fake
+from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from glcan.backbones.backbone import Backbone
@@ -102,8 +104,7 @@ class FCOSNeck(nn.Module):
 
     def loss(self, state: State, targets: list[dict[str, torch.Tensor]], x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         out, anchors, per_level = self.outputs(state, x)
-        losses = self.detector.compute_loss(targets, out, anchors, per_level)
-        return sum(losses.values()), out["cls_logits"]
+        return fcos_loss(self.detector, targets, out, anchors, per_level), out["cls_logits"]
 
     def forward(self, state: State, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Detections (boxes xyxy in input pixels, scores, labels) per image, as FCOS returns them."""
@@ -111,6 +112,42 @@ class FCOSNeck(nn.Module):
         split_out = {k: list(v.split(per_level, dim=1)) for k, v in out.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
         return self.detector.postprocess_detections(split_out, split_anchors, [tuple(x.shape[-2:])] * x.shape[0])
+
+
+def fcos_loss(detector: FCOS, targets: list[dict[str, torch.Tensor]], out: dict[str, torch.Tensor],
+              anchors: list[torch.Tensor], per_level: list[int]) -> torch.Tensor:
+    """FCOS's own loss (focal, GIoU, centre-ness), summed.
+
+    Under FakeTensorMode (the memory predictor) FCOS's matching and loss cannot run: which
+    anchors are foreground depends on the data (``.item()``, boolean indexing). There the loss is
+    its dense upper bound: every anchor counted as foreground of the image's first box, so the
+    large tensors (class logits, decoded boxes, regression targets over all anchors) are made and
+    saved as in the real loss, and the foreground-only terms at their largest. The predicted
+    peak can only be too high by those terms, never too low.
+    """
+    if not is_fake(out["cls_logits"]):
+        return sum(detector.compute_loss(targets, out, anchors, per_level).values())
+    cls, reg, ctr = out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"]
+    points = torch.stack(anchors)
+    gt = torch.stack([t["boxes"][:1].expand(a.shape[0], 4) for t, a in zip(targets, anchors)])
+    loss_cls = sigmoid_focal_loss(cls, torch.zeros_like(cls), reduction="sum")
+    pred = detector.head.box_coder.decode(reg, points)
+    loss_reg = _giou_loss(pred, gt)
+    encoded = detector.head.box_coder.encode(points, gt)
+    lr, tb = encoded[:, :, [0, 2]], encoded[:, :, [1, 3]]
+    centre = torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
+    loss_ctr = nn.functional.binary_cross_entropy_with_logits(ctr.squeeze(2), centre, reduction="sum")
+    return loss_cls + loss_reg + loss_ctr
+
+
+def _giou_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torchvision's GIoU loss (summed) without its masked assignment, which has no fake form."""
+    lo, hi = torch.max(a[..., :2], b[..., :2]), torch.min(a[..., 2:], b[..., 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)
+    union = (a[..., 2:] - a[..., :2]).prod(dim=-1) + (b[..., 2:] - b[..., :2]).prod(dim=-1) - inter
+    hull = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).prod(dim=-1)
+    eps = 1e-7
+    return (1 - inter / (union + eps) + (hull - union) / (hull + eps)).sum()
 
 
 BODIES = {"resnet18": (resnet18, [128, 256, 512]), "resnet50": (resnet50, [512, 1024, 2048])}

@@ -185,8 +185,8 @@ class Detection(Task):
         c, h, w = image_shape
         x = torch.rand(batch_size, c, h, w, generator=generator)
         targets = []
-        for _ in range(batch_size):
-            k = int(torch.randint(1, 4, (1,), generator=generator))
+        for i in range(batch_size):
+            k = 1 + i % 3  # not drawn: the memory predictor builds this batch under FakeTensorMode
             lo = torch.rand(k, 2, generator=generator) * torch.tensor([w / 2, h / 2])
             size = (0.1 + 0.4 * torch.rand(k, 2, generator=generator)) * torch.tensor([w, h])
             targets.append({"boxes": torch.cat([lo, lo + size], dim=1),

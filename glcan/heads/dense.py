@@ -19,7 +19,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 
-from glcan.backbones.fcos import State, feature
+from glcan.backbones.fcos import State, fcos_loss, feature
 from glcan.heads.base import AuxHead
 from glcan.heads.context_block import ContextBlock, Pooling
 from glcan.heads.registry import register_head
@@ -61,7 +61,7 @@ class DenseHead(AuxHead):
 
     def loss(self, state: State, targets: list[dict[str, torch.Tensor]], x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         out, anchors, per_level = self._outputs(state, x)
-        return sum(self.detector.compute_loss(targets, out, anchors, per_level).values()), out["cls_logits"]
+        return fcos_loss(self.detector, targets, out, anchors, per_level), out["cls_logits"]
 
     def forward(self, state: State, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         out, anchors, per_level = self._outputs(state, x)
