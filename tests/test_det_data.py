@@ -100,3 +100,28 @@ def test_coco_layout_faults(tmp_path):
     split = tmp_path / "split"
     _coco(split / "train"), _coco(split / "test")
     assert layout(split) == {"train": split / "train", "test": split / "test"}
+
+
+def test_letterboxing_moves_the_boxes_with_the_image(tmp_path):
+    # a.png is 40 x 30: scaled by 64/40 to 64 x 48, then padded by 8 rows above and below
+    image, target = CocoFolder(_coco(tmp_path / "d"), size=64)[0]
+    assert image.shape == (3, 64, 64)
+    s = 64 / 40
+    expected = torch.tensor([[2 * s, 3 * s + 8, 12 * s, 8 * s + 8], [0, 8, 64, 56]])
+    torch.testing.assert_close(target["boxes"], expected, atol=0.5, rtol=0)
+    assert float(image[:, :7].abs().sum()) == 0.0  # the padding is black
+
+
+def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path):
+    from glcan.cli import main
+
+    root = tmp_path / "coco"
+    _coco(root / "train", images=tuple((f"t{i}.png", 48, 40) for i in range(4)))
+    _coco(root / "test", images=(("u.png", 40, 48),))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", "configs/det_digits_fcos_glcan_k4.yaml", "--data.name", "coco", "--data.root",
+                 str(root), "--data.image_size", "64", "--data.batch_size", "2", "--data.val_fraction", "0.25",
+                 "--trainer.max_epochs", "1", "--logger", "false", "--trainer.enable_progress_bar", "false",
+                 "--run_dir", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_blocks"] == 4 and summary["test_map50"] is not None and len(summary["block_map50"]) == 4

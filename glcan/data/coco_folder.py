@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from glcan.data.errors import DataError
 
 ANNOTATIONS = "annotations.json"
+DEFAULT_SIZE = 512  # side of the square the images are letterboxed to (data.image_size)
 SPLITS = ("train", "val", "test")
 EDGE = 1.0  # pixels a box may pass its image's edge (COCO's own boxes round outwards)
 
@@ -91,7 +92,7 @@ def check_annotations(file: Path) -> dict[str, Any]:
 class CocoFolder(Dataset):
     """One COCO folder as ``(image 3 x H x W float in [0, 1], {"boxes" xyxy, "labels" 0..C-1})``."""
 
-    def __init__(self, folder: Path, transforms: Optional[Any] = None) -> None:
+    def __init__(self, folder: Path, size: Optional[int] = None) -> None:
         from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
         file = folder / ANNOTATIONS
@@ -99,7 +100,7 @@ class CocoFolder(Dataset):
         self.categories, self.names, self.background = info["categories"], info["names"], info["background"]
         self.label = {c: i for i, c in enumerate(self.categories)}
         try:
-            base = CocoDetection(str(folder), str(file), transforms=transforms)
+            base = CocoDetection(str(folder), str(file), transforms=letterbox(size) if size else None)
         except ImportError as e:
             raise DataError(f"coco data needs pycocotools (pip install pycocotools): {e}") from None
         self.data = wrap_dataset_for_transforms_v2(base, target_keys=("boxes", "labels", "image_id"))
@@ -123,3 +124,46 @@ class CocoFolder(Dataset):
             "labels": torch.tensor([self.label[int(c)] for c in labels], dtype=torch.int64)
             if labels is not None else torch.zeros(0, dtype=torch.int64),
         }
+
+
+def letterbox(size: int) -> Any:
+    """Each image scaled so that its longer side is ``size``, then padded (centred, zeros) to
+    ``size`` x ``size``; transforms v2 moves the boxes with it. Every batch then has one shape,
+    as the planner and the memory split need; the deployed FCOS takes images prepared so."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    # Boxes in float first: integer boxes (a COCO file may hold whole pixels) would be truncated.
+    return v2.Compose([v2.ToImage(), v2.ToDtype({tv_tensors.BoundingBoxes: torch.float32, "others": None}),
+                       v2.Resize(size=None, max_size=size, antialias=True), v2.CenterCrop(size)])
+
+
+def describe(root: str | Path) -> dict[str, Any]:
+    """The category names of a COCO root (its train set's, else its only set's), checked."""
+    folders = layout(root)
+    return check_annotations(folders.get("train", folders.get("all", next(iter(folders.values())))) / ANNOTATIONS)
+
+
+def build(root: str | Path, seed: int, val_fraction: float, size: int) -> dict[str, Dataset]:
+    """train/val/test of a COCO root: its folders, or one set split at random (seeded: ``val_fraction``
+    of the images each for validation and test); a root with train/ and test/ but no val/
+    validates on a seeded ``val_fraction`` of train."""
+    from torch.utils.data import Subset
+
+    folders = layout(root)
+    if "all" in folders:
+        whole = CocoFolder(folders["all"], size)
+        order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed)).tolist()
+        n = max(1, int(round(val_fraction * len(whole))))
+        if len(whole) < 3 * n:
+            raise DataError(f"data.root '{root}': {len(whole)} image(s) are too few to split into train, val and test")
+        return {"val": Subset(whole, order[:n]), "test": Subset(whole, order[n:2 * n]), "train": Subset(whole, order[2 * n:])}
+    sets = {split: CocoFolder(folder, size) for split, folder in folders.items()}
+    if "val" not in sets and "train" in sets:
+        train = sets["train"]
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+        n = max(1, int(round(val_fraction * len(train))))
+        sets["val"], sets["train"] = Subset(train, order[:n]), Subset(train, order[n:])
+    if "train" not in sets:
+        raise DataError(f"data.root '{root}' has test/ but no train/: train.py test evaluates it; fit needs train/")
+    return sets
