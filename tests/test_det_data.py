@@ -125,3 +125,22 @@ def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path):
                  "--run_dir", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_blocks"] == 4 and summary["test_map50"] is not None and len(summary["block_map50"]) == 4
+    # predict: COCO-format detections in each file's own pixels, and the images with their boxes
+    out = tmp_path / "pred"
+    assert main(["predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--images", str(root / "test"),
+                 "--out", str(out)]) == 0
+    records = json.loads((out / "detections.json").read_text())
+    assert records and {r["category_id"] for r in records} <= {3, 7} and all(r["file_name"].endswith("u.png") for r in records)
+    assert all(0 <= r["bbox"][0] and r["bbox"][0] + r["bbox"][2] <= 40 + 1e-3 and r["bbox"][1] + r["bbox"][3] <= 48 + 1e-3
+               for r in records)  # u.png is 40 x 48
+    assert (out / "u_boxes.png").is_file()
+
+
+def test_predict_maps_the_letterbox_back_to_the_files_pixels(tmp_path):
+    from glcan.data.coco_folder import PredictImages
+
+    folder = _coco(tmp_path / "d")  # a.png 40 x 30, b.png 20 x 20
+    images = PredictImages(sorted(folder.glob("*.png")), size=64)
+    assert images[0][0].shape == (3, 64, 64)
+    assert images.geometry(0) == pytest.approx((0, 8, 1.6, 1.6, 40, 30))
+    assert images.geometry(1) == pytest.approx((0, 0, 3.2, 3.2, 20, 20))

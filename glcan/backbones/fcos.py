@@ -163,8 +163,10 @@ def build_fcos(body: str = "resnet18", num_classes: int = 91, image_size: Sequen
     backbone = BackboneWithFPN(net, {"layer2": "0", "layer3": "1", "layer4": "2"}, channels, fpn_channels,
                                extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
     side = min(image_size), max(image_size)
+    # score_thresh 0.05 (torchvision's default 0.2): mAP integrates over every score, so COCO
+    # evaluations keep the low-scoring detections too (detectron2's FCOS uses 0.05).
     return FCOS(backbone, num_classes=num_classes, min_size=side[0], max_size=side[1], image_mean=list(MEAN),
-                image_std=list(STD))
+                image_std=list(STD), score_thresh=0.05)
 
 
 def fcos_backbone(detector: FCOS, name: str = "fcos") -> Backbone:

@@ -167,3 +167,80 @@ def build(root: str | Path, seed: int, val_fraction: float, size: int) -> dict[s
     if "train" not in sets:
         raise DataError(f"data.root '{root}' has test/ but no train/: train.py test evaluates it; fit needs train/")
     return sets
+
+
+class PredictImages(Dataset):
+    """Images to detect on (``predict``): each letterboxed to ``size`` as in training; where it
+    landed (:meth:`geometry`) maps the detections back to the file's own pixels."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _read(self, index: int) -> Any:
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[index]) as im:
+                return im.convert("RGB")
+        except OSError as e:
+            raise DataError(f"cannot read image '{self.paths[index]}': {e}") from None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from torchvision.transforms.v2 import functional as TF
+
+        image = letterbox(self.size)(self._read(index))
+        return TF.to_dtype(image, torch.float32, scale=True), index
+
+    def geometry(self, index: int) -> tuple[float, float, float, float, int, int]:
+        """(left, top, x scale, y scale) of the image inside its letterbox, and its own (width,
+        height): the transform applied to the image's own frame, so it is exactly what the
+        pixels went through."""
+        from PIL import Image
+        from torchvision import tv_tensors
+
+        with Image.open(self.paths[index]) as im:
+            w, h = im.size
+        frame = tv_tensors.BoundingBoxes([[0.0, 0.0, w, h]], format="XYXY", canvas_size=(h, w))
+        _, placed = letterbox(self.size)(Image.new("RGB", (w, h)), frame)
+        x0, y0, x1, y1 = placed[0].tolist()
+        return x0, y0, (x1 - x0) / w, (y1 - y0) / h, w, h
+
+
+def write_detections(batches: list[list[dict[str, torch.Tensor]]], data: PredictImages, names: Optional[list[str]],
+                     category_ids: Optional[list[int]], out: Path, draw: bool, min_score: float = 0.3) -> int:
+    """Every image's detections in COCO's results format (``detections.json``: image id, file,
+    category id and name, xywh box in the file's own pixels, score) under ``out``; with ``draw``
+    also each image with its boxes of at least ``min_score`` drawn (PNG). The number of images."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.utils import draw_bounding_boxes
+
+    from glcan.io import atomic_write, write_json
+
+    detections = [d for batch in batches for d in batch]
+    records = []
+    for i, d in enumerate(detections):
+        left, top, sx, sy, w, h = data.geometry(i)
+        boxes = d["boxes"].float().clone()  # back from the letterbox, clipped to the image (not its padding)
+        boxes[:, 0::2] = ((boxes[:, 0::2] - left) / sx).clamp(0, w)
+        boxes[:, 1::2] = ((boxes[:, 1::2] - top) / sy).clamp(0, h)
+        labels = d["labels"].tolist()
+        for box, score, label in zip(boxes.tolist(), d["scores"].tolist(), labels):
+            records.append({"image_id": i, "file_name": str(data.paths[i]),
+                            "category_id": category_ids[label] if category_ids else label,
+                            "category": names[label] if names else str(label),
+                            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+                            "score": round(score, 5)})
+        if draw:
+            keep = d["scores"] >= min_score
+            image = decode_image(str(data.paths[i]), mode=ImageReadMode.RGB)
+            text = [f"{names[c] if names else c} {s:.2f}" for c, s in zip(d["labels"][keep].tolist(), d["scores"][keep].tolist())]
+            drawn = draw_bounding_boxes(image, boxes[keep], text, colors="red")
+            target = out / (Path(data.paths[i]).stem + "_boxes.png")
+            pixels = Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy())
+            atomic_write(target, lambda f, im=pixels: im.save(f, format="PNG"), binary=True)
+    write_json(out / "detections.json", records)
+    return len(detections)

@@ -133,6 +133,7 @@ class GLCanDataModule(L.LightningDataModule):
         self.predict_root: Optional[str] = None  # predict reads images here (default: root)
         self.predict_files: list = []
         self.classes: Optional[tuple[str, ...]] = None
+        self.category_ids: Optional[list[int]] = None  # coco: each label's category id in the user's file
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
@@ -160,7 +161,8 @@ class GLCanDataModule(L.LightningDataModule):
             channels, size = 3, image_size or 128
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # RGB in [0, 1]: the detector normalises
         elif name == "coco":
-            self.classes = tuple(coco_folder.describe(self.root)["names"])
+            info = coco_folder.describe(self.root)
+            self.classes, self.category_ids = tuple(info["names"]), list(info["categories"])
             self.task, self.num_classes = "detection", len(self.classes)
             channels, size = 3, image_size or coco_folder.DEFAULT_SIZE
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -288,6 +290,9 @@ class GLCanDataModule(L.LightningDataModule):
             self.predict_files = folder.list_images(self.predict_root or self.root)
             return DataLoader(sr_images.SRInputs(self.predict_files), batch_size=1, num_workers=self.num_workers)
         self.predict_files = folder.list_images(self.predict_root or self.root)
+        if self.task == "detection":
+            self.predict_set = coco_folder.PredictImages(self.predict_files, self.image_shape[1])
+            return DataLoader(self.predict_set, batch_size=self.batch_size, num_workers=self.num_workers)
         dataset = folder.ImageList([(str(f), 0) for f in self.predict_files], self.eval_transform(), rgb=self.in_channels == 3)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
