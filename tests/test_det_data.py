@@ -112,6 +112,7 @@ def test_letterboxing_moves_the_boxes_with_the_image(tmp_path):
     assert float(image[:, :7].abs().sum()) == 0.0  # the padding is black
 
 
+@pytest.mark.slow  # a whole fit (and W&B) on 2 cores: ~10-25 s
 def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path):
     from glcan.cli import main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from glcan.backbones.fcos import build_fcos, deployable, fcos_backbone
@@ -71,3 +72,19 @@ def test_local_step_with_levels_keeps_each_blocks_gradient_its_own():
     assert all(grads[0][0]) and not any(grads[0][1])  # block 1's head reaches block 1 only
     assert not any(grads[1][0]) and all(grads[1][1])  # the neck reads C3 detached: block 2 only
     assert all(p.grad is None for p in heads[0].parameters())
+
+
+@pytest.mark.slow  # a whole fit (and W&B) on 2 cores: ~10-25 s
+def test_a_detection_run_logs_an_image_with_true_and_predicted_boxes_to_wandb(tmp_path, monkeypatch):
+    import json
+
+    from glcan.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    assert main(["fit", "--config", "configs/det_digits_fcos_glcan_k4.yaml", "--data.image_size", "64",
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                 "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false", "--run_dir", str(run)]) == 0
+    files = sorted(run.glob("wandb/offline-run-*/files/media/metadata/boxes2D/val/*.boxes2D.json"))
+    sets = {json.loads(f.read_text())["box_data"][0]["domain"] if json.loads(f.read_text())["box_data"] else "" for f in files}
+    assert len(files) == 2 and "pixel" in sets  # predictions and ground truth; the truth always has a box
