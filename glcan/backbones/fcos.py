@@ -100,7 +100,7 @@ class FCOSNeck(nn.Module):
     def outputs(self, state: State, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[int]]:
         feats = self.features(state)
         images = ImageList(x, [tuple(x.shape[-2:])] * x.shape[0])
-        return self.head(feats), self.detector.anchor_generator(images, feats), [f.shape[2] * f.shape[3] for f in feats]
+        return self.head(feats), anchors(self.detector, images, feats), [f.shape[2] * f.shape[3] for f in feats]
 
     def loss(self, state: State, targets: list[dict[str, torch.Tensor]], x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         out, anchors, per_level = self.outputs(state, x)
@@ -112,6 +112,15 @@ class FCOSNeck(nn.Module):
         split_out = {k: list(v.split(per_level, dim=1)) for k, v in out.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
         return self.detector.postprocess_detections(split_out, split_anchors, [tuple(x.shape[-2:])] * x.shape[0])
+
+
+def anchors(detector: FCOS, images: ImageList, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """FCOS's anchor points for these maps. The generator keeps its few base anchors as plain
+    tensors made when it was built; they are made afresh here (a handful of numbers) so that
+    under the memory predictor's FakeTensorMode they are that mode's tensors too."""
+    gen = detector.anchor_generator
+    gen.cell_anchors = [gen.generate_anchors(s, a) for s, a in zip(gen.sizes, gen.aspect_ratios)]
+    return gen(images, feats)
 
 
 def fcos_loss(detector: FCOS, targets: list[dict[str, torch.Tensor]], out: dict[str, torch.Tensor],

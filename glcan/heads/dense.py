@@ -19,7 +19,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 
-from glcan.backbones.fcos import State, fcos_loss, feature
+from glcan.backbones.fcos import State, anchors, fcos_loss, feature
 from glcan.heads.base import AuxHead
 from glcan.heads.context_block import ContextBlock, Pooling
 from glcan.heads.registry import register_head
@@ -57,7 +57,7 @@ class DenseHead(AuxHead):
         h = feature(state)
         f = self.local(h) if self.context is None else self.context(h, self.local(h))
         images = ImageList(x, [tuple(x.shape[-2:])] * x.shape[0])
-        return self.head([f]), self.detector.anchor_generator(images, [f]), [f.shape[2] * f.shape[3]]
+        return self.head([f]), anchors(self.detector, images, [f]), [f.shape[2] * f.shape[3]]
 
     def loss(self, state: State, targets: list[dict[str, torch.Tensor]], x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         out, anchors, per_level = self._outputs(state, x)
