@@ -189,3 +189,17 @@ def test_coco_2017_as_it_unpacks_is_read_with_val2017_as_the_test_set(tmp_path):
         (root / split / "annotations.json").rename(root / "annotations" / f"instances_{split}.json")
     assert layout(root) == {"train": root / "train2017", "test": root / "val2017"}
     assert len(CocoFolder(root / "val2017", size=32)) == 2
+
+
+def test_testing_on_another_coco_folder_evaluates_every_image_of_it(tmp_path):
+    from glcan.data import GLCanDataModule
+
+    whole = _coco(tmp_path / "other", images=(("a.png", 40, 30), ("b.png", 20, 20), ("c.png", 30, 30)))
+    dm = GLCanDataModule(name="coco", root=str(whole), image_size=32)
+    dm.evaluate_every_photo(trained_on=str(tmp_path / "trained_here"))
+    dm.setup("test")
+    assert len(dm.test_set) == 3  # no split: all of it
+    same = GLCanDataModule(name="coco", root=str(whole), image_size=32, val_fraction=0.34)
+    same.evaluate_every_photo(trained_on=str(whole))  # the training folder: its own test split only
+    same.setup("test")
+    assert len(same.test_set) == 1

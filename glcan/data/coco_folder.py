@@ -159,13 +159,19 @@ def describe(root: str | Path) -> dict[str, Any]:
     return check_annotations(annotation_file(folders.get("train", folders.get("all", next(iter(folders.values()))))))
 
 
-def build(root: str | Path, seed: int, val_fraction: float, size: int) -> dict[str, Dataset]:
+def build(root: str | Path, seed: int, val_fraction: float, size: int, every: bool = False) -> dict[str, Any]:
     """train/val/test of a COCO root: its folders, or one set split at random (seeded: ``val_fraction``
     of the images each for validation and test); a root with train/ and test/ but no val/
-    validates on a seeded ``val_fraction`` of train."""
+    validates on a seeded ``val_fraction`` of train. ``every`` (``train.py test`` on a folder the
+    model was not trained on): only a test set, its test/ folder or, with no split, every image."""
     from torch.utils.data import Subset
 
     folders = layout(root)
+    if every:
+        whole = folders.get("test", folders.get("all"))
+        if whole is None:
+            raise DataError(f"data.root '{root}' has no test/ folder (nor one set with no split) to evaluate")
+        return {"train": None, "val": None, "test": CocoFolder(whole, size)}
     if "all" in folders:
         whole = CocoFolder(folders["all"], size)
         order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed)).tolist()

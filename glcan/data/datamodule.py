@@ -130,7 +130,7 @@ class GLCanDataModule(L.LightningDataModule):
             raise DataError(f"data.train_size must be a positive integer or null, got {train_size!r}")
         self.scale, self.patch_size, self.patches_per_epoch = scale, patch_size, patches_per_epoch
         self.task: str = "classification"
-        self.test_every_photo = False  # sr_images: the test set is every photograph of root (train.py test)
+        self.test_every_photo = False  # sr_images, coco: the test set is every image of root (train.py test)
         self.predict_root: Optional[str] = None  # predict reads images here (default: root)
         self.predict_files: list = []
         self.classes: Optional[tuple[str, ...]] = None
@@ -203,7 +203,7 @@ class GLCanDataModule(L.LightningDataModule):
         elif self.name == "det_digits":
             sets = det_digits.build(self.seed, self.image_shape[1])  # type: ignore[assignment]
         elif self.name == "coco":
-            sets = coco_folder.build(self.root, self.seed, self.val_fraction, self.image_shape[1])
+            sets = coco_folder.build(self.root, self.seed, self.val_fraction, self.image_shape[1], every=self.test_every_photo)
         elif self.name == "voc":
             sets = voc.build(self.root, self.seed, self.val_fraction, self.image_shape[1], self.download)
         elif self.name == "sr_images":
@@ -282,7 +282,7 @@ class GLCanDataModule(L.LightningDataModule):
         unless ``root`` is the folder the model was trained on (``trained_on``), whose test split
         is used, so that the training photographs are never evaluated. Other datasets test on
         their test split, as before."""
-        if self.name != "sr_images" or self.root == sr_images.EMBEDDED:
+        if self.name not in ("sr_images", "coco") or self.root == sr_images.EMBEDDED:
             return
         if trained_on is not None and Path(trained_on).expanduser().resolve() == Path(self.root).expanduser().resolve():
             return
