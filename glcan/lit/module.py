@@ -52,6 +52,7 @@ class GLCanModule(L.LightningModule):
             index at which each block after the first starts.
         head: the auxiliary head of every block but the last: glcan, linear, dgl or infopro.
             The last block trains through the backbone's own classifier (see ``last_head``).
+            Detection: det_glcan or det_conv (docs/detection.md).
             Blocks that output tokens (a ViT) get the head's token form: glcan or linear.
         head_kwargs: options passed to the head, e.g. {"pooling": "avg"} (docs/heads.md).
         last_head: what trains the last block: classifier (the backbone's own) or head.
