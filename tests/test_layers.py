@@ -17,7 +17,7 @@ BELOW: dict[str, set[str]] = {
     "memory": {"core", "heads", "backbones", "registry", "io"},
     "core": {"heads", "backbones", "registry", "io"},
     "data": {"io"},
-    "heads": {"registry"},
+    "heads": {"backbones", "registry"},  # detection heads train through the detector's own loss
     "backbones": {"registry"},
     "registry": set(),
     "io": set(),

@@ -336,6 +336,7 @@ def test_bad_pipeline_settings_are_refused_in_one_line(tmp_path, capsys):
         (["--model.lookahead", "1"], "model.lookahead is not supported in pipeline mode"),
         (["--model.head_kwargs", '{"relay": 8}'], "head_kwargs.relay is not supported in pipeline mode"),
         (["--parallel.replicas", "0"], "parallel.replicas must be >= 1"),
+        (["--config", "configs/det_digits_fcos_glcan_k4.yaml"], "detection is not supported in pipeline mode"),
     ]
     for extra, message in cases:
         assert main(["fit", *RUN, *PIPE, "--run_dir", str(tmp_path / "x"), *extra]) == 2

@@ -13,5 +13,6 @@ from glcan.backbones import cifar_resnet as _cifar_resnet  # noqa: E402,F401  is
 from glcan.backbones import torchvision_nets as _torchvision_nets  # noqa: E402,F401  isort: skip
 from glcan.backbones import edsr as _edsr  # noqa: E402,F401  isort: skip
 from glcan.backbones import vit as _vit  # noqa: E402,F401  isort: skip
+from glcan.backbones import fcos as _fcos  # noqa: E402,F401  isort: skip
 
 __all__ = ["Backbone", "backbone_task", "build_backbone", "list_backbones", "register_backbone"]

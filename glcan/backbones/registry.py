@@ -88,8 +88,9 @@ def build_backbone(
         ValueError: on an unknown name, ``num_classes < 2`` or ``in_channels < 1``.
     """
     factory = _BACKBONES.get(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    least = 1 if _TASKS.get(name) == "detection" else 2  # one class is a detection task (find every person)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < least:
+        raise ValueError(f"num_classes must be an integer >= {least}, got {num_classes!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
     if small_input is not None and not isinstance(small_input, bool):

@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from glcan.lit import rundir
 from glcan.data import GLCanDataModule
+from glcan.data.coco_folder import write_detections
 from glcan.data.sr_images import write_upscaled
 from glcan.io import write_csv, write_json
 from glcan.lit import GLCanModule
@@ -259,10 +260,14 @@ class GLCanCLI(LightningCLI):
         dm, cfg = self.datamodule, self.cfg
         self.ckpt = rundir.eval_checkpoint(cfg, model, dm)
         dm.predict_root = cfg.get("images")
-        sr = model.task.kind == "super_resolution"
-        out = Path(cfg.get("out") or rundir.record_dir(self.ckpt) / ("predictions" if sr else "predictions.csv"))
+        sr, det = model.task.kind == "super_resolution", model.task.kind == "detection"
+        out = Path(cfg.get("out") or rundir.record_dir(self.ckpt) / ("predictions" if sr or det else "predictions.csv"))
         batches = self.trainer.predict(model, datamodule=dm, ckpt_path=str(self.ckpt)) or []
-        if sr:
+        if det:  # COCO-format detections; with --out, each image with its boxes drawn too
+            count = write_detections(batches, dm.predict_set, list(dm.classes or []) or None,
+                                     getattr(dm, "category_ids", None), out, draw=cfg.get("out") is not None)
+            print(f"detected on {count} image(s) under {dm.predict_root or dm.root}: {out / 'detections.json'}", flush=True)
+        elif sr:
             count = write_upscaled(batches, dm.predict_files, dm.predict_root or dm.root, out)
             print(f"upscaled {count} image(s) under {dm.predict_root or dm.root} x{model.task.scale}: {out}", flush=True)
         else:

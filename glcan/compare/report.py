@@ -44,10 +44,12 @@ def groups_metric(groups: list[Group]) -> Metric:
 
 
 def metric_headers(metric: Metric) -> list[str]:
-    """The metric columns: ``test acc (%)``, ``per-block acc (%)``; for PSNR also SSIM and bicubic's."""
+    """The metric columns: ``test acc (%)``, ``per-block acc (%)``; for PSNR also SSIM and bicubic's;
+    for mAP@.5 also COCO's mAP@[.5:.95]."""
     if metric.name == "acc":
         return HEADERS[3:6]
-    return [HEADERS[3], metric.label, f"per-block {metric.label.split(' ', 1)[1]}", "SSIM", "bicubic PSNR / SSIM"]
+    others = ["test mAP@[.5:.95] (%)"] if metric.name == "map50" else ["SSIM", "bicubic PSNR / SSIM"]
+    return [HEADERS[3], metric.label, f"per-block {metric.label.split(' ', 1)[1]}", *others]
 
 
 def _mean(g: Group, key: str) -> Optional[float]:
@@ -91,7 +93,8 @@ def table(groups: list[Group], baseline: Optional[str] = None) -> tuple[list[str
             paired.append(_delta(g, g.baseline, metric) if g.baseline is not None else "n/a")
         digits = ".1f" if metric.name == "acc" else ".2f"
         blocks = " / ".join(_num(None if b is None else f * b, digits) for b in g.block_scores()) or "n/a"
-        extra = [] if metric.name == "acc" else [
+        extra = [] if metric.name == "acc" else [_num(None if _mean(g, "test_map") is None else f * _mean(g, "test_map"),
+                                                      ".2f")] if metric.name == "map50" else [
             _num(_mean(g, "test_ssim"), ".4f"),
             f"{_num(_mean(g, 'bicubic_psnr'), '.2f')} / {_num(_mean(g, 'bicubic_ssim'), '.4f')}"]
         local = is_local(g.method)
@@ -147,6 +150,8 @@ def markdown(path: Path, cid: str, groups: list[Group], runs: list[Run], command
     headers, rows = table(groups, baseline)
     metric = groups_metric(groups)
     what = ("the last head's test accuracy" if metric.name == "acc" else
+            "the detector's (the last head's) test mAP at IoU 0.5, COCO's definition (torchmetrics; COCO's "
+            "mAP@[.5:.95] beside it)" if metric.name == "map50" else
             "the last head's test PSNR (dB, Y channel, border shaved; SSIM likewise; bicubic upsampling of the same "
             "LR images beside them)")
     methods = sorted({g.memory_method() for g in groups if g.memory_method()})

@@ -17,6 +17,7 @@ from glcan.core.split import SplitError, SplitSpec, block_ranges, check_boundari
 from glcan.heads import AuxHead, ModuleHead, build_head
 from glcan.heads.lookahead import LookaheadHead
 from glcan.backbones import Backbone, build_backbone
+from glcan.backbones.fcos import feature
 
 METHODS = ("e2e", "e2e_recompute", "local", "local_recompute")
 LOCAL_METHODS = ("local", "local_recompute")
@@ -34,8 +35,10 @@ def recomputes(method: str) -> bool:
     return method in ("e2e_recompute", "local_recompute")
 
 @torch.no_grad()
-def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """The output shape (without the batch dimension) of every unit, for one example input."""
+def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int], states: bool = False) -> list[Any]:
+    """The output shape (without the batch dimension) of every unit, for one example input.
+    A detector's unit also carries the pyramid levels kept so far (glcan.backbones.fcos): its
+    shape is its map's, or with ``states`` the tuple of every carried tensor's shape."""
     modes = [u.training for u in units]
     x = torch.zeros(2, *image_shape)
     shapes = []
@@ -43,7 +46,10 @@ def probe_shapes(units: Sequence[nn.Module], image_shape: Sequence[int]) -> list
         for u in units:
             u.eval()  # no BatchNorm statistics are touched by the probe
             x = u(x)
-            shapes.append(tuple(x.shape[1:]))
+            if states and isinstance(x, tuple):
+                shapes.append(tuple(tuple(t.shape[1:]) for t in x))
+            else:
+                shapes.append(tuple(feature(x).shape[1:]))
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ValueError(

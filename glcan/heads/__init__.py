@@ -2,7 +2,8 @@
 
 Importing this package registers the built-in heads -- ``glcan`` (the default, a
 global-local head on GCNet's context block), ``linear``, ``dgl`` and ``infopro``, and the
-super-resolution heads ``sr_glcan`` and ``sr_conv``, and the token forms of ``glcan`` and
+super-resolution heads ``sr_glcan`` and ``sr_conv``, the detection heads ``det_glcan`` and
+``det_conv``, and the token forms of ``glcan`` and
 ``linear`` for Vision Transformers -- so `build_head` and `list_heads` see
 them without any further import.
 """
@@ -16,6 +17,7 @@ from glcan.heads import baselines as _baselines  # noqa: E402,F401  isort: skip
 from glcan.heads import glcan as _glcan  # noqa: E402,F401  isort: skip
 from glcan.heads import sr as _sr  # noqa: E402,F401  isort: skip
 from glcan.heads import tokens as _tokens  # noqa: E402,F401  isort: skip
+from glcan.heads import dense as _dense  # noqa: E402,F401  isort: skip
 from glcan.heads.baselines import DGLHead, InfoProHead, LinearHead  # noqa: E402  isort: skip
 from glcan.heads.glcan import GLCanHead  # noqa: E402  isort: skip
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -269,6 +270,26 @@ def log_image_panels(loggers: list[Logger], key: str, images: list, captions: li
     for lg in loggers:
         if isinstance(lg, SafeWandbLogger):
             lg.log_image(key, images, step=step, caption=captions)
+
+
+def log_image_boxes(loggers: list[Logger], key: str, image: torch.Tensor, boxes: dict[str, dict[str, torch.Tensor]],
+                    names: list[str], step: int) -> None:
+    """One image with box sets overlaid in W&B (wandb's box overlay: e.g. ``predictions`` and
+    ``ground_truth``, each ``{"boxes": K x 4 xyxy pixels, "labels": K, optional "scores": K}``);
+    nothing without W&B."""
+    labels = dict(enumerate(names))
+
+    def box_data(d: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        scores = d.get("scores")
+        return [{"position": {"minX": b[0], "minY": b[1], "maxX": b[2], "maxY": b[3]}, "domain": "pixel",
+                 "class_id": int(c), "box_caption": labels.get(int(c), str(int(c))) + (f" {scores[i]:.2f}" if scores is not None else ""),
+                 **({"scores": {"score": float(scores[i])}} if scores is not None else {})}
+                for i, (b, c) in enumerate(zip(d["boxes"].tolist(), d["labels"].tolist()))]
+
+    sets = {name: {"box_data": box_data(d), "class_labels": labels} for name, d in boxes.items()}
+    for lg in loggers:
+        if isinstance(lg, SafeWandbLogger):
+            lg.log_image(key, [image], step=step, boxes=[sets])
 
 
 def wandb_run_dir(loggers: list[Logger]) -> Optional[str]:

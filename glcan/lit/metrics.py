@@ -31,7 +31,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from glcan.core.task import Task
 from glcan.heads.sr import bicubic_upscale
-from glcan.lit.loggers import log_image_panels
+from glcan.lit.loggers import log_image_boxes, log_image_panels
 
 STAGES = ("train", "val", "test")
 
@@ -125,10 +125,10 @@ def _log_train_losses(module: L.LightningModule, losses: BlockLosses, results: l
                       y: torch.Tensor, blocks: Optional[Sequence[int]], exchange: Optional[Exchange]) -> Optional[torch.Tensor]:
     """The losses of one training batch: per block in local mode, and the network's (``train/loss``)."""
     if blocks is not None:  # a pipeline stage: the network's loss is known only where the stages exchange
-        return log_block_losses(module, losses, results, y.shape[0], blocks, exchange)
+        return log_block_losses(module, losses, results, len(y), blocks, exchange)
     if len(results) > 1 or module.is_local:
-        log_block_losses(module, losses, results, y.shape[0])
-    module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True)
+        log_block_losses(module, losses, results, len(y))
+    module.log("train/loss", results[-1][0], on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
     return None  # one process: the caller has every loss already
 
 
@@ -311,8 +311,67 @@ class SRMetrics(nn.Module):
                              step=module.global_step)
 
 
+# ---------------------------------------------------------------- detection
+class DetMetrics(nn.Module):
+    """mAP@[.5:.95] and mAP@.5 (torchmetrics' ``MeanAveragePrecision``, COCO's definition) of every
+    head for val and test: ``{stage}/map``, ``{stage}/map50`` (the last head: the detector) and,
+    in local mode, ``{stage}/block{k}/map50``; the training loss per block as for the other tasks.
+    mAP is a whole-set figure, so it is computed once per evaluation, at its end."""
+
+    SHOWN = 0.3  # the score from which a detection is drawn on the W&B image
+
+    def __init__(self, num_blocks: int) -> None:
+        super().__init__()
+        from torchmetrics.detection import MeanAveragePrecision
+
+        self._map = nn.ModuleDict({s: nn.ModuleList(MeanAveragePrecision(iou_type="bbox") for _ in range(num_blocks))
+                                   for s in ("val", "test")})
+        self._sample: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
+        self._train_loss = BlockLosses(num_blocks)
+
+    def log_train(self, module: L.LightningModule, results: list[tuple[torch.Tensor, Any]], y: Any,
+                  blocks: Optional[Sequence[int]] = None, exchange: Optional[Exchange] = None) -> Optional[torch.Tensor]:
+        return _log_train_losses(module, self._train_loss, results, y, blocks, exchange)
+
+    def log_train_epoch(self, module: L.LightningModule, exchange: Optional[Exchange] = None) -> None:
+        log_block_loss_means(module, self._train_loss, exchange)
+
+    @torch.no_grad()
+    def log_eval(self, module: L.LightningModule, stage: str, outputs: list[Any], y: Any, x: Any = None) -> None:
+        """Every head's detections on one validation/test batch, kept for the evaluation's end
+        (and the first image with the detector's boxes and the true ones, for W&B)."""
+        for k, detections in enumerate(outputs):
+            self._map[stage][k].update([{k2: v.detach() for k2, v in d.items()} for d in detections], y)
+        if stage not in self._sample and x is not None:
+            keep = outputs[-1][0]["scores"] >= self.SHOWN
+            self._sample[stage] = (x[0].detach().float().clamp(0, 1).cpu(),
+                                   {"predictions": {k: v[keep].cpu() for k, v in outputs[-1][0].items()},
+                                    "ground_truth": {k: v.cpu() for k, v in y[0].items()}})
+
+    def log_panels(self, module: L.LightningModule, stage: str) -> None:
+        """The evaluation's end: every head's mAP, then fresh states; one image with its boxes to W&B."""
+        sample = self._sample.pop(stage, None)
+        if sample is not None and not module.trainer.sanity_checking:
+            names = list(getattr(module.trainer.datamodule, "classes", None) or []) if module._trainer else []
+            log_image_boxes(module.loggers, f"{stage}/boxes", sample[0], sample[1], names, module.global_step)
+        local, last = len(self._map[stage]) > 1 or module.is_local, len(self._map[stage]) - 1
+        for k, metric in enumerate(self._map[stage]):
+            if not metric.update_count:
+                continue
+            result = metric.compute()
+            if local:
+                module.log(f"{stage}/block{k}/map50", result["map_50"])
+            if k == last:
+                module.log(f"{stage}/map", result["map"])
+                module.log(f"{stage}/map50", result["map_50"], prog_bar=stage == "val")
+            metric.reset()
+
+
 def block_metrics(task: Task, num_blocks: int, num_classes: int) -> nn.Module:
-    """The metric set of ``task``: accuracy for classification, PSNR/SSIM for super-resolution."""
+    """The metric set of ``task``: accuracy for classification, PSNR/SSIM for super-resolution,
+    mAP for detection."""
+    if task.kind == "detection":
+        return DetMetrics(num_blocks)
     if task.kind == "super_resolution":
         return SRMetrics(num_blocks, task.scale)  # type: ignore[attr-defined]
     return BlockMetrics(num_blocks, num_classes)

@@ -52,6 +52,7 @@ class GLCanModule(L.LightningModule):
             index at which each block after the first starts.
         head: the auxiliary head of every block but the last: glcan, linear, dgl or infopro.
             The last block trains through the backbone's own classifier (see ``last_head``).
+            Detection: det_glcan or det_conv (docs/detection.md).
             Blocks that output tokens (a ViT) get the head's token form: glcan or linear.
         head_kwargs: options passed to the head, e.g. {"pooling": "avg"} (docs/heads.md).
         last_head: what trains the last block: classifier (the backbone's own) or head.
@@ -66,7 +67,7 @@ class GLCanModule(L.LightningModule):
         gradient_clip_val: clip each block's gradient norm to this value (not trainer.gradient_clip_val).
         num_classes: set from the data module (for super-resolution: the output channels, 3).
         image_shape: (C, H, W) of the input, set from the data module.
-        task: set from the data module: ``classification``, or ``sr_x2``/``sr_x3``/``sr_x4``
+        task: set from the data module: ``classification``, ``detection``, or ``sr_x2``/``sr_x3``/``sr_x4``
             (super-resolution: EDSR-style backbones, ``sr_glcan``/``sr_conv`` heads, PSNR/SSIM).
         batch_size: set from the data module; the memory split is computed at this batch size.
         small_input: torchvision backbones only: a 3x3 stem without max-pool for 32x32 inputs.
@@ -98,7 +99,7 @@ class GLCanModule(L.LightningModule):
         gradient_clip_val: Optional[float] = None,
         num_classes: int = 10,
         image_shape: Sequence[int] = (3, 32, 32),
-        task: Literal["classification", "sr_x2", "sr_x3", "sr_x4"] = "classification",
+        task: Literal["classification", "sr_x2", "sr_x3", "sr_x4", "detection"] = "classification",
         batch_size: int = 128,
         small_input: Optional[bool] = None,
         memory_budget: Optional[Union[int, str]] = None,

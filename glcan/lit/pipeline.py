@@ -442,6 +442,9 @@ def check_pipeline(model: Any, trainer: Any, stages: int, grouping: Any, depth: 
     if (h.get("head_kwargs") or {}).get("relay"):
         raise PipelineError("head_kwargs.relay is not supported in pipeline mode: a head reads the state the head "
                             "before it left for the same batch, on another stage")
+    if model.task.kind == "detection":
+        raise PipelineError("detection is not supported in pipeline mode yet: a stage would send a detector's kept "
+                            "pyramid levels and the images' boxes; use parallel.mode ddp or one process")
     if (trainer.get("accumulate_grad_batches") or 1) != 1:
         raise PipelineError("trainer.accumulate_grad_batches must be 1 (each block steps once per batch)")
     if depth < 1 or timeout <= 0 or (threads is not None and threads < 1):

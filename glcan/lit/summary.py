@@ -7,7 +7,8 @@ that exists is complete: the comparison runner relies on that to skip finished r
 ``task`` and ``metric`` say what the run learnt and which field is its primary result:
 ``test_<metric>`` and ``block_<metric>`` (``test_acc``/``block_acc`` for classification;
 ``test_psnr``/``block_psnr`` for super-resolution, with ``test_ssim`` and the bicubic baseline's
-``bicubic_psnr``/``bicubic_ssim`` beside them).
+``bicubic_psnr``/``bicubic_ssim`` beside them; ``test_map50``/``block_map50`` for detection, with
+``test_map``, COCO's mAP@[.5:.95]).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def build_summary(module: Any, datamodule: Any, *, epochs: int, global_step: int
         results: dict[str, Any] = {"test_acc": _metric(test_metrics, "test/acc"),
                                    "test_acc_top5": _metric(test_metrics, "test/acc_top5"),
                                    "test_loss": _metric(test_metrics, "test/loss"), "block_acc": blocks}
+    elif metric == "map50":  # detection: COCO's mAP@[.5:.95] beside the primary mAP@.5
+        results = {"test_map50": _metric(test_metrics, "test/map50"), "test_map": _metric(test_metrics, "test/map"),
+                   "block_map50": blocks}
     else:  # super-resolution: PSNR and SSIM beside bicubic's
         results = {"test_psnr": _metric(test_metrics, "test/psnr"), "test_ssim": _metric(test_metrics, "test/ssim"),
                    "bicubic_psnr": _metric(test_metrics, "test/bicubic_psnr"),

@@ -27,11 +27,13 @@ the same whatever the split and is left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from glcan.backbones.fcos import feature
+from glcan.core.build import probe_shapes
 from glcan.core.split import balanced_boundaries
 from glcan.core.task import Classification, Task
 from glcan.heads import build_head
@@ -49,7 +51,7 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
     forward under autocast, as training does (its saved activations are half the size)."""
     costs = []
     with fake_mode():
-        x = torch.randn(batch_size, *image_shape)
+        x: State = torch.randn(batch_size, *image_shape)
         for unit in units:
             unit = as_fake(unit)
             # Record sizes only (storages are alive while `out` holds the graph, so ids are unique);
@@ -66,36 +68,55 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
                 # The input requires a gradient so that what a unit saves inside a block is seen
                 # even for a unit without parameters; the footprint's backward asks for the
                 # parameters' gradients only, as a block's first unit (detached input) does.
-                inp = x.detach().requires_grad_()
-                tracker.register([inp], "input")
+                inp = _map(lambda t: t.detach().requires_grad_(), x)
+                tracker.register(list(_tensors(inp)), "input")
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast_for(precision):
                     out = unit(inp)
                 if params:
-                    param_grads = torch.autograd.grad(out.float().sum(), params)
+                    param_grads = torch.autograd.grad(feature(out).float().sum(), params)
                     del param_grads
             grads = sum(p.numel() * p.element_size() for p in params)
-            costs.append({"saved": sum(saved.values()), "out": out.numel() * out.element_size(), "grads": grads,
-                          "in": x.numel() * x.element_size(), "footprint": int(tracker.peak)})
-            x = out.detach()
+            costs.append({"saved": sum(saved.values()), "out": _nbytes(out), "grads": grads, "in": _nbytes(x),
+                          "footprint": int(tracker.peak)})
+            x = _map(lambda t: t.detach(), out)
     return costs
 
 
-def head_peak(head: str | nn.Module, shape: Sequence[int], num_classes: int, image_shape: Sequence[int],
+State = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # a detector's units carry their kept pyramid levels
+
+
+def _tensors(state: State) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _map(fn: Any, state: State) -> State:
+    return tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state)
+
+
+def _nbytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(state))
+
+
+def head_peak(head: str | nn.Module, shape: Sequence[Any], num_classes: int, image_shape: Sequence[int],
               batch_size: int, head_kwargs: Optional[dict] = None, task: Optional[Task] = None) -> int:
     """The training peak of one head (a registered name, or a head module) on a feature map of
     ``shape``, beyond the map itself (with the targets of ``task``'s example batch; default
-    classification)."""
+    classification). ``shape`` may be a tuple of shapes: a detector's state (its map and the kept
+    pyramid levels), which its neck reads."""
     with fake_mode():
         if isinstance(head, nn.Module):
             head = as_fake(head)
         else:
             head = build_head(head, tuple(shape), num_classes, image_shape=tuple(image_shape),
                               block_index=0, num_blocks=2, **(head_kwargs or {}))
-        h = torch.randn(batch_size, *shape, requires_grad=True)
+        nested = len(shape) > 0 and isinstance(shape[0], (tuple, list))
+        h: State = tuple(torch.randn(batch_size, *s, requires_grad=True) for s in shape) if nested else \
+            torch.randn(batch_size, *shape, requires_grad=True)
         x, y = (task or Classification()).example_batch(batch_size, image_shape, num_classes)
         tracker = MemoryTracker()
         with tracker:
-            tracker.register([h, x, y], "input")  # a head's views of h must not count h again
+            targets = [t for d in y for t in d.values()] if isinstance(y, list) else [y]
+            tracker.register([*_tensors(h), x, *targets], "input")  # a head's views of h must not count h again
             base = tracker.current
             tracker.reset_peak()
             loss, _ = head.loss(h, y, x)
@@ -140,8 +161,9 @@ def split_costs(
     tail = 0  # the backbone's classifier, free unless the task hands in a costly one
     if last_head != "classifier":  # the last block trains through an auxiliary head of its own
         tail = heads[tuple(shapes[-1])]
-    elif classifier is not None:
-        tail = head_peak(classifier, shapes[-1], num_classes, image_shape, batch_size, task=task)
+    elif classifier is not None:  # it reads the last unit's whole state (a detector's neck: every kept level)
+        state = probe_shapes(units, image_shape, states=True)[-1]
+        tail = head_peak(classifier, state, num_classes, image_shape, batch_size, task=task)
     return SplitCosts(unit_costs(units, image_shape, batch_size), [tuple(s) for s in shapes], heads, tail)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -60,10 +60,11 @@ class MemoryTracker(TorchDispatchMode):
                 self._add(t, self.category)
         return out
 
-    def register(self, tensors: Iterable[Optional[torch.Tensor]], category: str) -> None:
-        """Count tensors that were created before the mode started (or relabel them)."""
-        for t in tensors:
-            if t is not None:
+    def register(self, tensors: Iterable[Any], category: str) -> None:
+        """Count tensors that were created before the mode started (or relabel them); nested
+        containers (a detector's targets: a list of dicts of tensors) are searched for them."""
+        for t in tree_leaves(list(tensors)):
+            if isinstance(t, torch.Tensor):
                 self._add(t, category, relabel=True)
 
     def _add(self, t: torch.Tensor, category: str, relabel: bool = False) -> None:

@@ -1,0 +1,90 @@
+"""Detection as glcan units (WIP, issue 21): torchvision's FCOS taken apart is still FCOS, and the
+local step keeps every block's gradient its own when blocks carry pyramid levels."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from glcan.backbones.fcos import build_fcos, deployable, fcos_backbone
+from glcan.core.network import SplitNetwork
+from glcan.core.step import local_step
+from glcan.heads.dense import DenseHead
+
+SIZE = 64
+
+
+def scenes(n: int = 2) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, SIZE, SIZE, generator=g)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1, 3])}
+               for _ in range(n)]
+    return x, targets
+
+
+def detector() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_fcos("resnet18", num_classes=11, image_size=(SIZE, SIZE), fpn_channels=32)
+
+
+def test_the_units_and_neck_compute_fcos_own_loss_and_detections():
+    x, targets = scenes()
+    ours = fcos_backbone(detector())
+    theirs = copy.deepcopy(deployable(ours))
+    state = x
+    for unit in ours.units:
+        state = unit(state)
+    loss, _ = ours.classifier.loss(state, targets, x)
+    expected = sum(theirs(list(x), targets).values())
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    ours.eval(), theirs.eval()
+    for d in (deployable(ours), theirs):
+        d.score_thresh = 0.0  # untrained scores are ~0.01: keep every candidate, so there is something to compare
+    with torch.no_grad():
+        state = x
+        for unit in ours.units:
+            state = unit(state)
+        mine, reference = ours.classifier(state, x), theirs(list(x))
+    assert len(mine) == 2 and min(len(d["boxes"]) for d in mine) > 10
+    for a, b in zip(mine, reference):
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_local_step_with_levels_keeps_each_blocks_gradient_its_own():
+    x, targets = scenes()
+    backbone = fcos_backbone(detector())
+    units = list(backbone.units)  # stem, 2 x layer1, 2 x layer2 (C3 tapped), 2 x layer3 (C4), 2 x layer4
+    blocks = [torch.nn.Sequential(*units[:5]), torch.nn.Sequential(*units[5:])]
+    heads = [DenseHead(128, 11, stride=8, width=32), backbone.classifier]
+    net = SplitNetwork(blocks, heads, [5])
+    grads: dict[int, list] = {}
+
+    def step(k: int) -> None:  # what each block's own loss gave every parameter
+        grads[k] = [[p.grad is not None and bool(p.grad.abs().sum() > 0) for p in b.parameters()] for b in blocks]
+        for p in net.parameters():
+            p.grad = None
+
+    losses = local_step(net, x, targets, step=step)
+    assert all(torch.isfinite(loss) for loss, _ in losses)
+    assert all(grads[0][0]) and not any(grads[0][1])  # block 1's head reaches block 1 only
+    assert not any(grads[1][0]) and all(grads[1][1])  # the neck reads C3 detached: block 2 only
+    assert all(p.grad is None for p in heads[0].parameters())
+
+
+@pytest.mark.slow  # a whole fit (and W&B) on 2 cores: ~10-25 s
+def test_a_detection_run_logs_an_image_with_true_and_predicted_boxes_to_wandb(tmp_path, monkeypatch):
+    import json
+
+    from glcan.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    assert main(["fit", "--config", "configs/det_digits_fcos_glcan_k4.yaml", "--data.image_size", "64",
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                 "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false", "--run_dir", str(run)]) == 0
+    files = sorted(run.glob("wandb/offline-run-*/files/media/metadata/boxes2D/val/*.boxes2D.json"))
+    sets = {json.loads(f.read_text())["box_data"][0]["domain"] if json.loads(f.read_text())["box_data"] else "" for f in files}
+    assert len(files) == 2 and "pixel" in sets  # predictions and ground truth; the truth always has a box
