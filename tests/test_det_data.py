@@ -113,7 +113,7 @@ def test_letterboxing_moves_the_boxes_with_the_image(tmp_path):
 
 
 @pytest.mark.slow  # a whole fit (and W&B) on 2 cores: ~10-25 s
-def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path):
+def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path, monkeypatch):
     from glcan.cli import main
 
     root = tmp_path / "coco"
@@ -128,8 +128,10 @@ def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path):
     assert summary["num_blocks"] == 4 and summary["test_map50"] is not None and len(summary["block_map50"]) == 4
     # predict: COCO-format detections in each file's own pixels, and the images with their boxes
     out = tmp_path / "pred"
+    monkeypatch.chdir(tmp_path / "coco")
     assert main(["predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--images", str(root / "test"),
                  "--out", str(out)]) == 0
+    assert not (tmp_path / "coco" / "runs").exists()  # nothing written where the command was run
     records = json.loads((out / "detections.json").read_text())
     assert records and {r["category_id"] for r in records} <= {3, 7} and all(r["file_name"].endswith("u.png") for r in records)
     assert all(0 <= r["bbox"][0] and r["bbox"][0] + r["bbox"][2] <= 40 + 1e-3 and r["bbox"][1] + r["bbox"][3] <= 48 + 1e-3

@@ -136,6 +136,7 @@ class GLCanCLI(LightningCLI):
         checkpoint (the others), with the CSV and W&B loggers attached there."""
         cfg = self.cfg
         if self.subcommand in (None, "predict"):
+            self.save_config_callback = None  # predict writes its output, not a config.yaml in the working directory
             return super().instantiate_trainer(logger=False, **kwargs)
         strategy = cfg.trainer.get("strategy")
         if isinstance(strategy, str) and strategy.startswith("ddp") and cfg.parallel.mode != "ddp":

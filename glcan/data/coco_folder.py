@@ -236,7 +236,7 @@ def write_detections(batches: list[list[dict[str, torch.Tensor]]], data: Predict
     category id and name, xywh box in the file's own pixels, score) under ``out``; with ``draw``
     also each image with its boxes of at least ``min_score`` drawn (PNG). The number of images."""
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.functional import pil_to_tensor
     from torchvision.utils import draw_bounding_boxes
 
     from glcan.io import atomic_write, write_json
@@ -257,9 +257,10 @@ def write_detections(batches: list[list[dict[str, torch.Tensor]]], data: Predict
                             "score": round(score, 5)})
         if draw:
             keep = d["scores"] >= min_score
-            image = decode_image(str(data.paths[i]), mode=ImageReadMode.RGB)
+            with Image.open(data.paths[i]) as im:
+                image = pil_to_tensor(im.convert("RGB"))
             text = [f"{names[c] if names else c} {s:.2f}" for c, s in zip(d["labels"][keep].tolist(), d["scores"][keep].tolist())]
-            drawn = draw_bounding_boxes(image, boxes[keep], text, colors="red")
+            drawn = draw_bounding_boxes(image, boxes[keep], text, colors="red") if bool(keep.any()) else image
             target = out / (Path(data.paths[i]).stem + "_boxes.png")
             pixels = Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy())
             atomic_write(target, lambda f, im=pixels: im.save(f, format="PNG"), binary=True)
