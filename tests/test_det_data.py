@@ -126,6 +126,18 @@ def test_a_detector_trains_on_a_coco_folder_and_writes_its_map(tmp_path, monkeyp
                  "--run_dir", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_blocks"] == 4 and summary["test_map50"] is not None and len(summary["block_map50"]) == 4
+    # the deployed detector is torchvision's FCOS with the trained weights, and detects as the run does
+    from torchvision.models.detection import FCOS
+
+    from glcan.lit import GLCanModule
+
+    model = GLCanModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+    detector = model.deployable()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = model(x), detector(list(x))
+    assert type(detector) is FCOS and len(theirs) == 2
+    torch.testing.assert_close(ours[0]["scores"], theirs[0]["scores"])
     # predict: COCO-format detections in each file's own pixels, and the images with their boxes
     out = tmp_path / "pred"
     monkeypatch.chdir(tmp_path / "coco")

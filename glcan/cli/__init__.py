@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "validate": "Evaluate a checkpoint on the validation set (--ckpt_path).",
     "test": "Evaluate a checkpoint on the test set (--ckpt_path); writes test_<checkpoint>.json beside its run.",
     "predict": "Predict every image under --images (or --data.root) from a checkpoint: class and probability "
-               "into a CSV (super-resolution: upscaled PNGs).",
+               "into a CSV (super-resolution: upscaled PNGs; detection: COCO-format boxes).",
     "memory": "Predict training memory without training: every method, and what fits --budget.",
     "compare": "Train a grid of runs (E2E vs local, heads, K, seeds) and write one report.",
     "check-data": "Read every image of the configured data once and list the broken ones.",
