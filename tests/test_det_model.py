@@ -88,3 +88,22 @@ def test_a_detection_run_logs_an_image_with_true_and_predicted_boxes_to_wandb(tm
     files = sorted(run.glob("wandb/offline-run-*/files/media/metadata/boxes2D/val/*.boxes2D.json"))
     sets = {json.loads(f.read_text())["box_data"][0]["domain"] if json.loads(f.read_text())["box_data"] else "" for f in files}
     assert len(files) == 2 and "pixel" in sets  # predictions and ground truth; the truth always has a box
+
+
+@pytest.mark.slow  # three short fits of a detector: ~20 s on 2 cores
+def test_a_detector_resumed_after_an_epoch_ends_with_the_uninterrupted_weights(tmp_path):
+    from conftest import fit
+
+    config = "configs/det_digits_fcos_glcan_k4.yaml"
+    args = ["--data.name", "det_digits", "--data.image_size", "64", "--data.batch_size", "4",
+            "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+            "--trainer.max_epochs", "2"]
+    fit(config, tmp_path / "full", *args)
+    fit(config, tmp_path / "part", *args, "--trainer.callbacks+=conftest.StopAfterEpoch")
+    assert torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=False)["epoch"] == 0
+    fit(config, tmp_path / "part", *args, "--ckpt_path", "last")
+    full, resumed = (torch.load(tmp_path / f"{r}/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+                     for r in ("full", "part"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], msg=key)
