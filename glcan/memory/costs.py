@@ -35,6 +35,7 @@ from torch import nn
 from glcan.backbones.fcos import feature
 from glcan.core.build import probe_shapes
 from glcan.core.split import balanced_boundaries
+from glcan.core.step import detach
 from glcan.core.task import Classification, Task
 from glcan.heads import build_head
 from glcan.memory.predictor import as_fake, autocast_for, fake_mode
@@ -68,7 +69,7 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
                 # The input requires a gradient so that what a unit saves inside a block is seen
                 # even for a unit without parameters; the footprint's backward asks for the
                 # parameters' gradients only, as a block's first unit (detached input) does.
-                inp = _map(lambda t: t.detach().requires_grad_(), x)
+                inp = _map(lambda t: t.requires_grad_(), detach(x))
                 tracker.register(list(_tensors(inp)), "input")
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast_for(precision):
                     out = unit(inp)
@@ -78,7 +79,7 @@ def unit_costs(units: Sequence[nn.Module], image_shape: Sequence[int], batch_siz
             grads = sum(p.numel() * p.element_size() for p in params)
             costs.append({"saved": sum(saved.values()), "out": _nbytes(out), "grads": grads, "in": _nbytes(x),
                           "footprint": int(tracker.peak)})
-            x = _map(lambda t: t.detach(), out)
+            x = detach(out)
     return costs
 
 
