@@ -18,22 +18,11 @@ import argparse
 import time
 
 import torch
-from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.models import resnet18
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from glcan.backbones.fcos import BODIES, build_fcos
 from glcan.data.det_digits import DetDigits
-
-
-def build(fpn: int) -> FCOS:
-    body = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
-    backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], fpn,
-                               extra_blocks=LastLevelP6P7(fpn, fpn))
-    # Labels 1..10 (0 is torchvision's background convention); the scenes are already 128 px.
-    return FCOS(backbone, num_classes=11, min_size=128, max_size=128, image_mean=[0.5] * 3, image_std=[0.25] * 3)
 
 
 def scenes(split: str, count: int) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
@@ -59,6 +48,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--fpn", type=int, default=64)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--body", choices=sorted(BODIES), default="resnet18")
+    p.add_argument("--eval_every", type=float, default=0.0, help="minutes between validations (0: at the end)")
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--val", type=int, default=250)
     a = p.parse_args()
@@ -66,17 +58,27 @@ def main() -> None:
     t0 = time.perf_counter()
     train, val = scenes("train", a.train), scenes("val", a.val)
     print(f"drew {len(train)} + {len(val)} scenes in {time.perf_counter() - t0:.0f} s", flush=True)
-    model = build(a.fpn)
+    # Labels 1..10 (0 is torchvision's background convention); the scenes are already 128 px.
+    model = build_fcos(a.body, num_classes=11, image_size=(128, 128), fpn_channels=a.fpn)
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=1e-4)
-    start, step, g = time.perf_counter(), 0, torch.Generator().manual_seed(0)
-    budget = 60 * a.minutes
-    while time.perf_counter() - start < budget:
+    opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=1e-4) if a.optimizer == "sgd" \
+        else torch.optim.AdamW(params, lr=a.lr, weight_decay=0.05)
+    step, g = 0, torch.Generator().manual_seed(0)
+    budget, spent, start = 60 * a.minutes, 0.0, time.process_time()  # process CPU time, evaluation excluded
+    next_eval = 60 * a.eval_every if a.eval_every else budget
+    while spent < budget:
         for idx in torch.randperm(len(train), generator=g).split(a.batch):
-            if time.perf_counter() - start >= budget:
+            spent = time.process_time() - start
+            if spent >= next_eval and spent < budget:
+                t = time.process_time()
+                print(f"at {spent / 60:.1f} min (step {step}):", {k: round(v, 4) for k, v in evaluate(model, val).items()},
+                      flush=True)
+                start += time.process_time() - t
+                next_eval += 60 * a.eval_every
+            if spent >= budget:
                 break
             for group in opt.param_groups:  # linear warmup over 200 steps, then cosine over the budget
-                frac = min(1.0, (time.perf_counter() - start) / budget)
+                frac = min(1.0, spent / budget)
                 group["lr"] = a.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item())
             losses = model([train[i][0] for i in idx], [train[i][1] for i in idx])
             loss = sum(losses.values())
@@ -85,9 +87,10 @@ def main() -> None:
             opt.step()
             step += 1
             if step % 50 == 0:
-                print(f"step {step} {time.perf_counter() - start:.0f} s loss {loss.item():.3f} "
+                print(f"step {step} {spent:.0f} s loss {loss.item():.3f} "
                       + " ".join(f"{k} {v.item():.3f}" for k, v in losses.items()), flush=True)
-    print(f"trained {step} steps ({step * a.batch / len(train):.1f} epochs) in {time.perf_counter() - start:.0f} s",
+    print(f"trained {step} steps ({step * a.batch / len(train):.1f} epochs) in {spent:.0f} s of CPU time "
+          f"({torch.get_num_threads()} thread(s))",
           flush=True)
     print({k: round(v, 4) for k, v in evaluate(model, val).items()}, flush=True)
 

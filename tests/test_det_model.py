@@ -83,7 +83,7 @@ def test_a_detection_run_logs_an_image_with_true_and_predicted_boxes_to_wandb(tm
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "run"
     assert main(["fit", "--config", "configs/det_digits_fcos_glcan_k4.yaml", "--data.image_size", "64",
-                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                 "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
                  "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false", "--run_dir", str(run)]) == 0
     files = sorted(run.glob("wandb/offline-run-*/files/media/metadata/boxes2D/val/*.boxes2D.json"))
     sets = {json.loads(f.read_text())["box_data"][0]["domain"] if json.loads(f.read_text())["box_data"] else "" for f in files}
@@ -97,7 +97,7 @@ def test_a_detector_resumed_after_an_epoch_ends_with_the_uninterrupted_weights(t
     config = "configs/det_digits_fcos_glcan_k4.yaml"
     args = ["--data.name", "det_digits", "--data.image_size", "64", "--data.batch_size", "4",
             "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-            "--trainer.max_epochs", "2"]
+            "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1"]
     fit(config, tmp_path / "full", *args)
     fit(config, tmp_path / "part", *args, "--trainer.callbacks+=conftest.StopAfterEpoch")
     assert torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=False)["epoch"] == 0

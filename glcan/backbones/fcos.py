@@ -16,7 +16,7 @@ transform's resize is the identity (``min_size = max_size =`` the image size).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.regnet import BlockParams, RegNet
 from torch._subclasses.fake_tensor import is_fake
 from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -66,16 +67,16 @@ class Carry(nn.Module):
 
 
 class Stem(nn.Module):
-    """FCOS's normalisation, then the body's stem (conv, BN, ReLU, max-pool)."""
+    """FCOS's normalisation, then the body's stem (ResNet: conv, BN, ReLU, max-pool)."""
 
-    def __init__(self, body: nn.Module) -> None:
+    def __init__(self, stem: nn.Module) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
-        self.conv1, self.bn1, self.relu, self.maxpool = body.conv1, body.bn1, body.relu, body.maxpool
+        self.stem = stem
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1((x - self.mean) / self.std))))
+        return self.stem((x - self.mean) / self.std)
 
 
 class FCOSNeck(nn.Module):
@@ -159,18 +160,44 @@ def _giou_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - inter / (union + eps) + (hull - union) / (hull + eps)).sum()
 
 
-BODIES = {"resnet18": (resnet18, [128, 256, 512]), "resnet50": (resnet50, [512, 1024, 2048])}
+def _resnet(factory: Any) -> nn.Sequential:
+    net = factory(weights=None, norm_layer=nn.BatchNorm2d)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    return nn.Sequential(OrderedDict(stem=stem, **{f"stage{i}": getattr(net, f"layer{i}") for i in range(1, 5)}))
+
+
+def _regnet(params: BlockParams) -> nn.Sequential:
+    net = RegNet(params, norm_layer=nn.BatchNorm2d)
+    return nn.Sequential(OrderedDict(stem=net.stem, **{f"stage{i}": getattr(net.trunk_output, f"block{i}")
+                                                        for i in range(1, 5)}))
+
+
+# A body is torchvision's network as stem + four stages (C2..C5); the FPN reads stages 2-4.
+BODIES: dict[str, Callable[[], nn.Sequential]] = {
+    "resnet18": lambda: _resnet(resnet18),
+    "resnet50": lambda: _resnet(resnet50),
+    # RegNetX-200MF (Radosavovic et al. 2020, the design space's 200 MFLOP model; torchvision
+    # ships its builder from 400MF up): a tenth of ResNet-18's compute, for CPUs.
+    "regnet_x_200mf": lambda: _regnet(BlockParams.from_init_params(depth=13, w_0=24, w_a=36.44, w_m=2.49,
+                                                                   group_width=8)),
+}
+
+
+def stage_channels(body: nn.Sequential) -> list[int]:
+    """The output channels of stages 2-4 (what the FPN reads): the last convolution's of each
+    stage's last block (ResNet's and RegNet's last blocks end in a convolution and a norm)."""
+    return [[m for m in getattr(body, f"stage{i}")[-1].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+            for i in (2, 3, 4)]
 
 
 def build_fcos(body: str = "resnet18", num_classes: int = 91, image_size: Sequence[int] = (128, 128),
                fpn_channels: int = 256) -> FCOS:
-    """torchvision's FCOS: a ResNet body (BatchNorm, trained from scratch: its statistics are
-    learnt with the rest), an FPN over C3-C5 with P6/P7, FCOS's head; no resize for images of
-    ``image_size``."""
-    factory, channels = BODIES[body]
-    net = factory(weights=None, norm_layer=nn.BatchNorm2d)
-    backbone = BackboneWithFPN(net, {"layer2": "0", "layer3": "1", "layer4": "2"}, channels, fpn_channels,
-                               extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
+    """torchvision's FCOS: a torchvision body (BatchNorm, trained from scratch: its statistics
+    are learnt with the rest), an FPN over C3-C5 with P6/P7, FCOS's head; no resize for images
+    of ``image_size``."""
+    net = BODIES[body]()
+    backbone = BackboneWithFPN(net, {"stage2": "0", "stage3": "1", "stage4": "2"}, stage_channels(net),
+                               fpn_channels, extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
     side = min(image_size), max(image_size)
     # score_thresh 0.05 (torchvision's default 0.2): mAP integrates over every score, so COCO
     # evaluations keep the low-scoring detections too (detectron2's FCOS uses 0.05).
@@ -182,12 +209,12 @@ def fcos_backbone(detector: FCOS, name: str = "fcos") -> Backbone:
     """The detector as units (stem, every residual block; C3 and C4 tapped) and its neck as the
     classifier."""
     body = detector.backbone.body
-    units: list[nn.Module] = [Stem(body)]
-    for layer in ("layer1", "layer2", "layer3", "layer4"):
-        blocks = list(getattr(body, layer))
+    units: list[nn.Module] = [Stem(body.stem)]
+    for stage in ("stage1", "stage2", "stage3", "stage4"):
+        blocks = list(getattr(body, stage))
         for i, block in enumerate(blocks):
             last = i == len(blocks) - 1
-            units.append(Tap(block) if last and layer in ("layer2", "layer3") else Carry(block))
+            units.append(Tap(block) if last and stage in ("stage2", "stage3") else Carry(block))
     backbone = Backbone(units, FCOSNeck(detector), name=name)
     backbone.__dict__["detector"] = detector
     return backbone
@@ -207,7 +234,9 @@ def _factory(body: str, fpn_channels: int):
     return build
 
 
-# FCOS with a ResNet-18 body and a 64-channel FPN: the CPU-sized detector of the embedded set;
-# ResNet-50 with torchvision's 256 channels: the detector of the COCO/VOC configs.
+# FCOS with a RegNetX-200MF body and a 64-channel FPN: the CPU-sized detector of the embedded set
+# (ResNet-18's costs 2.4x its step time there); ResNet-50 with torchvision's 256 channels: the
+# detector of the COCO/VOC configs.
+register_backbone("fcos_regnet_x_200mf", task="detection")(_factory("regnet_x_200mf", 64))
 register_backbone("fcos_resnet18", task="detection")(_factory("resnet18", 64))
 register_backbone("fcos_resnet50", task="detection")(_factory("resnet50", 256))

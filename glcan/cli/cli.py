@@ -30,13 +30,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from glcan.lit import rundir
 from glcan.data import GLCanDataModule
-from glcan.data.coco_folder import write_detections
-from glcan.data.sr_images import write_upscaled
-from glcan.io import write_csv, write_json
 from glcan.lit import GLCanModule
 from glcan.lit.callbacks import RunInterrupted
 from glcan.lit.checks import ConfigError
 from glcan.lit.pipeline import PipelineStrategy
+from glcan.lit.records import EvaluationRecord, PredictionWriter
 from glcan.lit.loggers import (WandbOptions, build_loggers, finish_wandb, run_config, wandb_options, wandb_run_dir,
                                wandb_sync_hint)
 from glcan.lit.summary import build_summary, measured_by_callbacks, stage_metrics, summary_line
@@ -135,8 +133,7 @@ class GLCanCLI(LightningCLI):
         """The Trainer of the config, writing into this command's run (``fit``) or beside its
         checkpoint (the others), with the CSV and W&B loggers attached there."""
         cfg = self.cfg
-        if self.subcommand in (None, "predict"):
-            self.save_config_callback = None  # predict writes its output, not a config.yaml in the working directory
+        if self.subcommand is None:
             return super().instantiate_trainer(logger=False, **kwargs)
         strategy = cfg.trainer.get("strategy")
         if isinstance(strategy, str) and strategy.startswith("ddp") and cfg.parallel.mode != "ddp":
@@ -154,13 +151,17 @@ class GLCanCLI(LightningCLI):
             self.config_init[self.subcommand]["ckpt_path"] = str(self.ckpt)
             path, job, resumed = rundir.record_dir(self.ckpt), self.subcommand, None
             name = f"{experiment}-{self.subcommand}"
+            self.save_config_callback = None  # an evaluation writes its record, not a config.yaml
+            if self.subcommand == "predict":  # its output is files, not a W&B run
+                self.wandb = wandb_options(False)
         # Several processes train; a checkpoint is evaluated in this one (a pipeline run's config
         # still says pipeline when validate/test start from it).
         parallel = trainer_kwargs(cfg.get("parallel"), self.model, cfg.trainer) if self.subcommand == "fit" else {}
         kwargs.update(logger=False, default_root_dir=str(path), **parallel)
-        if self.subcommand != "fit":
-            self.save_config_callback = None
         trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand != "fit":
+            trainer.callbacks.append(PredictionWriter(path, cfg.get("out")) if self.subcommand == "predict"
+                                     else EvaluationRecord(self.ckpt, path))
         # The loggers join once the trainer is valid: a bad accelerator fails above, before a W&B
         # run or a CSV log exists.
         trainer.loggers = build_loggers(path, name, run_config(cfg, self.model, self.datamodule), self.wandb, job,
@@ -230,54 +231,23 @@ class GLCanCLI(LightningCLI):
         super().parse_arguments(parser, self._args)
 
     # ---------------------------------------------------------------- validate / test / predict
+    # LightningCLI's own, over the checkpoint; glcan.lit.records' callbacks write what they leave.
     def validate(self, model: GLCanModule, **kwargs: Any) -> None:
-        self._evaluate("validate", model, kwargs)
+        self._evaluate(self.trainer.validate, model, {**kwargs, "verbose": False})
 
     def test(self, model: GLCanModule, **kwargs: Any) -> None:
         # Super-resolution on a user's folder: every photograph, unless it is the training folder.
         saved = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
         self.datamodule.evaluate_every_photo(trained_on=(saved.get("datamodule_hyper_parameters") or {}).get("root"))
-        self._evaluate("test", model, kwargs)
-
-    def _evaluate(self, stage: str, model: GLCanModule, kwargs: dict[str, Any]) -> None:
-        run = self.trainer.test if stage == "test" else self.trainer.validate
-        metrics = run(model, **{**kwargs, "verbose": False})[0]
-        saved = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
-        done = saved.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {}).get("processed")
-        record = {"checkpoint": str(self.ckpt), "epochs": int(done if done is not None else saved.get("epoch", -1) + 1),
-                  "global_step": saved.get("global_step"), **{k: float(v) for k, v in metrics.items()}}
-        path = write_json(rundir.record_dir(self.ckpt) / f"{stage}_{self.ckpt.stem}.json", record)
-        prefix, name = "test" if stage == "test" else "val", model.task.metric.name
-        value, bicubic = metrics.get(f"{prefix}/{name}"), metrics.get(f"{prefix}/bicubic_{name}")
-        versus = f" (bicubic {bicubic:.4f})" if bicubic is not None else ""
-        print(f"{stage}/{name} {value:.4f}{versus} (checkpoint after {record['epochs']} completed epoch(s), step "
-              f"{record['global_step']}) | {path}", flush=True)
-        finish_wandb(self.trainer.loggers, 0)
-        self.exit_code = 0
+        self._evaluate(self.trainer.test, model, {**kwargs, "verbose": False})
 
     def predict(self, model: GLCanModule, **kwargs: Any) -> None:
-        """Class and probability of every image under ``--images`` / ``data.root`` into a CSV
-        (super-resolution: every image upscaled, as PNGs under ``--out``)."""
-        dm, cfg = self.datamodule, self.cfg
-        self.ckpt = rundir.eval_checkpoint(cfg, model, dm)
-        dm.predict_root = cfg.get("images")
-        sr, det = model.task.kind == "super_resolution", model.task.kind == "detection"
-        out = Path(cfg.get("out") or rundir.record_dir(self.ckpt) / ("predictions" if sr or det else "predictions.csv"))
-        batches = self.trainer.predict(model, datamodule=dm, ckpt_path=str(self.ckpt)) or []
-        if det:  # COCO-format detections; with --out, each image with its boxes drawn too
-            count = write_detections(batches, dm.predict_set, list(dm.classes or []) or None,
-                                     getattr(dm, "category_ids", None), out, draw=cfg.get("out") is not None)
-            print(f"detected on {count} image(s) under {dm.predict_root or dm.root}: {out / 'detections.json'}", flush=True)
-        elif sr:
-            count = write_upscaled(batches, dm.predict_files, dm.predict_root or dm.root, out)
-            print(f"upscaled {count} image(s) under {dm.predict_root or dm.root} x{model.task.scale}: {out}", flush=True)
-        else:
-            probs = torch.cat(batches) if batches else torch.empty(0, model.hparams.num_classes)
-            p, idx = probs.max(dim=1)
-            rows = [{"file": str(f), "class": dm.classes[i] if dm.classes else i, "index": i, "probability": round(q, 6)}
-                    for f, q, i in zip(dm.predict_files, p.tolist(), idx.tolist())]
-            write_csv(out, rows, ["file", "class", "index", "probability"])
-            print(f"predicted {len(rows)} image(s) under {dm.predict_root or dm.root}: {out}", flush=True)
+        self.datamodule.predict_root = self.cfg.get("images")
+        self._evaluate(self.trainer.predict, model, {**kwargs, "return_predictions": False})
+
+    def _evaluate(self, run: Callable[..., Any], model: GLCanModule, kwargs: dict[str, Any]) -> None:
+        run(model, **kwargs)  # ckpt_path: the checkpoint instantiate_trainer found
+        finish_wandb(self.trainer.loggers, 0)
         self.exit_code = 0
 
 

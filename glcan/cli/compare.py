@@ -8,7 +8,6 @@ parser (parse only, nothing built).
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Optional
 
 from glcan.cli.cli import GLCanCLI, run_fit
 from glcan.compare.comparison import run_comparison
-from glcan.compare.grid import RESERVED_KEYS, CompareError, Options, expand, parse_grid, parse_shard, split_values
+from glcan.compare.grid import RESERVED_KEYS, CompareError, Options, expand, make_options
 
 OWN = ("--grid", "--seeds", "--seed_list", "--out", "--name", "--baseline", "--shard")
 FLAGS = ("--report_only",)
@@ -69,33 +68,9 @@ def options(cfg: Any, argv: list[str]) -> Options:
     for flag, hint in RESERVED_KEYS.items():
         if flag != "config" and any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv):
             raise CompareError(f"--{flag} is set by compare for every run; use {hint}")
-    opts = Options(out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"), fixed=_without_own(argv),
-                   shard=parse_shard(cfg.shard) if cfg.get("shard") else None, report_only=bool(cfg.get("report_only")))
-    for spec in cfg.get("grid") or []:
-        key, values = parse_grid(spec)
-        if any(k == key for k, _ in opts.grid):
-            raise CompareError(f"--grid '{spec}': {key} is already in the grid")
-        opts.grid.append((key, values))
-    if cfg.get("seeds") is not None and cfg.get("seed_list") is not None:
-        raise CompareError("--seeds and --seed_list both given; use one")
-    if cfg.get("seeds") is not None:
-        if cfg.seeds < 1:
-            raise CompareError(f"--seeds needs a positive count (seeds 0..N-1), got {cfg.seeds}")
-        opts.seeds = list(range(cfg.seeds))
-    elif cfg.get("seed_list") is not None:
-        try:
-            opts.seeds = [int(s) for s in split_values(str(cfg.seed_list).strip("[]"))]
-        except ValueError:
-            raise CompareError(f"--seed_list needs integers, got '{cfg.seed_list}'") from None
-        if len(set(opts.seeds)) != len(opts.seeds):
-            raise CompareError(f"--seed_list '{cfg.seed_list}' repeats a seed")
-    if opts.name is not None and not re.fullmatch(r"[\w.+-]+", opts.name):
-        raise CompareError(f"--name '{opts.name}' may only use letters, digits and . _ + -")
-    if opts.baseline is not None:
-        key, _, value = opts.baseline.partition("=")
-        if value not in dict(opts.grid).get(key, []):
-            raise CompareError(f"--baseline '{opts.baseline}' must be key=value of a --grid key and one of its values")
-    return opts
+    return make_options(cfg.get("grid") or [], seeds=cfg.get("seeds"), seed_list=cfg.get("seed_list"),
+                        out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"),
+                        shard=cfg.get("shard"), report_only=bool(cfg.get("report_only")), fixed=_without_own(argv))
 
 
 def _without_own(argv: list[str]) -> list[str]:

@@ -115,6 +115,40 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def make_options(grid: list[str], seeds: Optional[int] = None, seed_list: Optional[str] = None,
+                 out: Optional[str] = None, name: Optional[str] = None, baseline: Optional[str] = None,
+                 shard: Optional[str] = None, report_only: bool = False, fixed: Optional[list[str]] = None) -> Options:
+    """compare's options, checked: ``grid`` as ``KEY=V1,V2`` specs, ``seeds`` a count or
+    ``seed_list`` the seeds themselves, ``shard`` as ``i/n``; bad ones raise CompareError."""
+    opts = Options(out=out, name=name, baseline=baseline, fixed=list(fixed or []),
+                   shard=parse_shard(shard) if shard else None, report_only=report_only)
+    for spec in grid:
+        key, values = parse_grid(spec)
+        if any(k == key for k, _ in opts.grid):
+            raise CompareError(f"--grid '{spec}': {key} is already in the grid")
+        opts.grid.append((key, values))
+    if seeds is not None and seed_list is not None:
+        raise CompareError("--seeds and --seed_list both given; use one")
+    if seeds is not None:
+        if seeds < 1:
+            raise CompareError(f"--seeds needs a positive count (seeds 0..N-1), got {seeds}")
+        opts.seeds = list(range(seeds))
+    elif seed_list is not None:
+        try:
+            opts.seeds = [int(s) for s in split_values(str(seed_list).strip("[]"))]
+        except ValueError:
+            raise CompareError(f"--seed_list needs integers, got '{seed_list}'") from None
+        if len(set(opts.seeds)) != len(opts.seeds):
+            raise CompareError(f"--seed_list '{seed_list}' repeats a seed")
+    if name is not None and not re.fullmatch(r"[\w.+-]+", name):
+        raise CompareError(f"--name '{name}' may only use letters, digits and . _ + -")
+    if baseline is not None:
+        key, _, value = baseline.partition("=")
+        if value not in dict(opts.grid).get(key, []):
+            raise CompareError(f"--baseline '{baseline}' must be key=value of a --grid key and one of its values")
+    return opts
+
+
 def _slug(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+]+", "-", value).strip("-") or "x"
 
