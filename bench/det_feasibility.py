@@ -1,15 +1,17 @@
 """Detection feasibility (issue 21, plan step 1): how far does E2E FCOS get on det_digits in a
 fixed CPU budget? The config's epochs and width follow from this number, not the other way round.
 
-torchvision's FCOS with a ResNet-18 body (BatchNorm, from scratch) and an FPN of ``--fpn``
-channels over C3-C5 plus P6/P7, images at 128 px (``min_size = max_size = 128``: torchvision's
-transform must not rescale the scenes), SGD with a linear warmup, trained for ``--minutes`` of
-wall time; then mAP@.5 and mAP@[.5:.95] on the validation scenes (torchmetrics). The training
-scenes are drawn once into memory first (composing them costs 10-30 ms each).
+torchvision's FCOS with a ``--body`` from glcan.backbones.fcos (BatchNorm, from scratch) and an
+FPN of ``--fpn`` channels over C3-C5 plus P6/P7, images at 128 px (``min_size = max_size = 128``:
+torchvision's transform must not rescale the scenes), SGD or AdamW with a linear warmup and a
+cosine decay, trained for ``--minutes`` of this process's CPU time (so a shared machine slows it
+without changing the result); mAP@.5 and mAP@[.5:.95] on the validation scenes (torchmetrics)
+every ``--eval_every`` minutes (not counted) and at the end. The training scenes are drawn once
+into memory first.
 
 Usage::
 
-    OMP_NUM_THREADS=2 python bench/det_feasibility.py --minutes 10
+    OMP_NUM_THREADS=1 python bench/det_feasibility.py --body regnet_x_200mf --lr 0.05 --minutes 10 --eval_every 2.5
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ def _factory(body: str, fpn_channels: int):
 
 
 # FCOS with a RegNetX-200MF body and a 64-channel FPN: the CPU-sized detector of the embedded set
-# (ResNet-18's costs 2.4x its step time there); ResNet-50 with torchvision's 256 channels: the
+# (0.2 GFLOPs at 224 px against ResNet-18's 1.8); ResNet-50 with torchvision's 256 channels: the
 # detector of the COCO/VOC configs.
 register_backbone("fcos_regnet_x_200mf", task="detection")(_factory("regnet_x_200mf", 64))
 register_backbone("fcos_resnet18", task="detection")(_factory("resnet18", 64))

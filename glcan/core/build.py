@@ -149,6 +149,7 @@ def build_network(
     image_shape: Sequence[int],
     last_head: str = "classifier",
     classifier_head: Callable[[nn.Module], AuxHead] = ModuleHead,
+    block_head: Callable[[AuxHead], AuxHead] = lambda head: head,
     lookahead: int = 0,
     lookahead_momentum: float = 0.9,
 ) -> SplitNetwork:
@@ -161,7 +162,9 @@ def build_network(
     others (``last_head="head"``). The ``_recompute`` methods (gradient checkpointing) recompute every unit's
     activations in its backward (per-unit gradient checkpointing), in the one block of E2E or
     inside each local block. ``classifier_head(module)`` makes the head that trains through the
-    backbone's own classifier (the task's: ``glcan.core.task``; cross-entropy by default).
+    backbone's own classifier (the task's: ``glcan.core.task``; cross-entropy by default), and
+    ``block_head(head)`` the form a ``head`` trains a block of the task in (detection: a
+    classification head learns the image's classes).
     ``lookahead`` blocks before the last also train through a momentum copy of their next block
     and its head (glcan.heads.lookahead); ``-1``: every block but the last.
     """
@@ -175,7 +178,7 @@ def build_network(
         return SplitNetwork([sequential(*units)], [classifier_head(backbone.classifier)])
     shapes = probe_shapes(units, image_shape)
     boundaries = resolve_boundaries(split, len(shapes), num_blocks)
-    heads = make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)
+    heads = [block_head(h) for h in make_heads(head, shapes, boundaries, num_classes, image_shape, head_kwargs)]
     if last_head == "classifier":
         heads[-1] = classifier_head(backbone.classifier)
     blocks = [sequential(*units[a:b]) for a, b in block_ranges(boundaries, len(units))]

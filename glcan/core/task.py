@@ -30,7 +30,7 @@ from torch import nn
 from glcan.backbones import Backbone, backbone_task, build_backbone, list_backbones
 from glcan.core.build import as_backbone
 from glcan.heads import AuxHead, ModuleHead
-from glcan.heads.dense import is_detection_head
+from glcan.heads.dense import DenseHead, ImageLabels, is_detection_head
 from glcan.heads.sr import SRTailHead, is_sr_head
 
 TASKS: tuple[str, ...] = ("classification", "sr_x2", "sr_x3", "sr_x4", "detection")
@@ -91,11 +91,11 @@ class Task:
         return dict(head_kwargs or {})
 
     def check_head(self, head: str) -> None:
-        """Refuse, in one line, a registered head made for another task."""
-        if is_detection_head(head) != (self.kind == "detection"):
-            raise ValueError(f"model.head {head!r} is {'a' if is_detection_head(head) else 'not a'} detection head but "
-                             f"the data is for {self.kind.replace('_', '-')}"
-                             + ("; use det_glcan or det_conv" if self.kind == "detection" else ""))
+        """Refuse, in one line, a registered head made for another task (a classification head
+        may train a detector's blocks: image-level multi-label, see :meth:`block_head`)."""
+        if is_detection_head(head) and self.kind != "detection":
+            raise ValueError(f"model.head {head!r} is a detection head but the data is for "
+                             f"{self.kind.replace('_', '-')}")
         if is_sr_head(head) != (self.kind == "super_resolution"):
             made_for, use = ("super-resolution", "glcan, linear, dgl or infopro") if is_sr_head(head) else \
                 ("classification", "sr_glcan or sr_conv")
@@ -105,6 +105,10 @@ class Task:
     def classifier_head(self, module: nn.Module) -> AuxHead:
         """The last block's head around the backbone's own output module (its ``classifier``)."""
         raise NotImplementedError
+
+    def block_head(self, head: AuxHead) -> AuxHead:
+        """A registered head as it trains a block of this task (here: as it is)."""
+        return head
 
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """What ``predict`` returns for the network's output."""
@@ -201,6 +205,10 @@ class Detection(Task):
 
     def classifier_head(self, module: nn.Module) -> AuxHead:
         return module  # type: ignore[return-value]  # the detector's neck and head hold their own loss
+
+    def block_head(self, head: AuxHead) -> AuxHead:
+        """A dense head as it is; a classification head learns the image's classes (ImageLabels)."""
+        return head if isinstance(head, DenseHead) else ImageLabels(head)
 
     def prediction(self, output: Any) -> Any:
         return output  # FCOS's detections per image

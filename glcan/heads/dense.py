@@ -6,6 +6,10 @@ GIoU, centre-ness) on that one level. GLCAN's dense head first fuses the map's g
 (GCNet's attention pooling, glcan.heads.context_block) into its local features: where objects
 are, and how many, is a whole-image question. ``context=False`` is the same head without it, the
 baseline it must beat.
+
+A classification head (``glcan``, ``linear``, ...) can train a detector's block too, for
+comparison: :class:`ImageLabels` trains it on which classes the image holds (multi-label, one
+sigmoid per class), not where they are; such a block predicts no boxes, so it has no mAP.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -67,6 +72,24 @@ class DenseHead(AuxHead):
         out, anchors, per_level = self._outputs(state, x)
         return self.detector.postprocess_detections({k: [v] for k, v in out.items()}, [[a] for a in anchors],
                                                     [tuple(x.shape[-2:])] * x.shape[0])
+
+
+class ImageLabels(AuxHead):
+    """A classification head on a detector's block: the classes present in the image, each its
+    own sigmoid with binary cross-entropy (image-level multi-label), read from the boxes' labels.
+    Its output is the N x classes logits: no boxes."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, state: State) -> torch.Tensor:
+        return self.head(feature(state))
+
+    def loss(self, state: State, targets: list[dict[str, torch.Tensor]], x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        logits = self(state)
+        present = torch.stack([torch.zeros_like(row).scatter(0, t["labels"], 1.0) for row, t in zip(logits, targets)])
+        return F.binary_cross_entropy_with_logits(logits, present), logits
 
 
 @register_head("det_glcan")

@@ -341,6 +341,8 @@ class DetMetrics(nn.Module):
         """Every head's detections on one validation/test batch, kept for the evaluation's end
         (and the first image with the detector's boxes and the true ones, for W&B)."""
         for k, detections in enumerate(outputs):
+            if not isinstance(detections, list):  # a classification head's image labels: no boxes, no mAP
+                continue
             self._map[stage][k].update([{k2: v.detach() for k2, v in d.items()} for d in detections], y)
         if stage not in self._sample and x is not None:
             keep = outputs[-1][0]["scores"] >= self.SHOWN

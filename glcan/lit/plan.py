@@ -78,8 +78,8 @@ def assemble(arguments: dict[str, Any]) -> Trainable:
     net = build_network(built, method, num_blocks=k, split=boundaries if boundaries is not None else a.get("split", "memory"),
                         head=a.get("head", "glcan"), head_kwargs=task.head_kwargs(a.get("head_kwargs")),
                         num_classes=num_classes, image_shape=image_shape, last_head=a.get("last_head", "classifier"),
-                        classifier_head=task.classifier_head, lookahead=int(a.get("lookahead", 0) or 0),
-                        lookahead_momentum=float(a.get("lookahead_momentum", 0.9)))
+                        classifier_head=task.classifier_head, block_head=task.block_head,
+                        lookahead=int(a.get("lookahead", 0) or 0), lookahead_momentum=float(a.get("lookahead_momentum", 0.9)))
     scale = a.get("block_lr_scale")
     if scale is not None and len(scale) != net.num_blocks:
         raise ValueError(f"model.block_lr_scale has {len(scale)} entries, need one per block ({net.num_blocks})")

@@ -108,8 +108,9 @@ def head_peak(head: str | nn.Module, shape: Sequence[Any], num_classes: int, ima
         if isinstance(head, nn.Module):
             head = as_fake(head)
         else:
-            head = build_head(head, tuple(shape), num_classes, image_shape=tuple(image_shape),
-                              block_index=0, num_blocks=2, **(head_kwargs or {}))
+            head = (task or Classification()).block_head(build_head(
+                head, tuple(shape), num_classes, image_shape=tuple(image_shape), block_index=0, num_blocks=2,
+                **(head_kwargs or {})))
         nested = len(shape) > 0 and isinstance(shape[0], (tuple, list))
         h: State = tuple(torch.randn(batch_size, *s, requires_grad=True) for s in shape) if nested else \
             torch.randn(batch_size, *shape, requires_grad=True)
