@@ -180,3 +180,13 @@ def test_a_detector_trains_under_ddp(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
     assert s["parallel"] == "ddp" and s["workers"] == 2 and s["global_step"] == 2 and 0 <= s["test_map50"] <= 1
+
+
+def test_a_head_made_for_another_task_is_refused_naming_the_ones_that_fit():
+    from glcan.core.task import get_task
+
+    with pytest.raises(ValueError, match="super-resolution head but the data is for detection; use det_glcan, det_conv"):
+        get_task("detection").check_head("sr_glcan")
+    with pytest.raises(ValueError, match="'det_conv' is a detection head but the data is for classification"):
+        get_task("classification").check_head("det_conv")
+    get_task("detection").check_head("glcan")  # image-level multi-label: allowed

@@ -97,8 +97,9 @@ class Task:
             raise ValueError(f"model.head {head!r} is a detection head but the data is for "
                              f"{self.kind.replace('_', '-')}")
         if is_sr_head(head) != (self.kind == "super_resolution"):
-            made_for, use = ("super-resolution", "glcan, linear, dgl or infopro") if is_sr_head(head) else \
-                ("classification", "sr_glcan or sr_conv")
+            others = "det_glcan, det_conv, glcan, linear, dgl or infopro" if self.kind == "detection" else \
+                "glcan, linear, dgl or infopro"
+            made_for, use = ("super-resolution", others) if is_sr_head(head) else ("classification", "sr_glcan or sr_conv")
             raise ValueError(f"model.head {head!r} is a {made_for} head but the data is for "
                              f"{self.kind.replace('_', '-')}; use {use}")
 
