@@ -61,7 +61,6 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, run_dir: Path, out: Optional[str] = None) -> None:
         super().__init__(write_interval="epoch")
         self.run_dir, self.out = Path(run_dir), out
-        self.path: Optional[Path] = None  # what was written
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: Any, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
@@ -72,8 +71,7 @@ class PredictionWriter(BasePredictionWriter):
         if kind == "detection":
             count = write_detections(batches, dm.predict_set, list(dm.classes or []) or None,
                                      getattr(dm, "category_ids", None), out, draw=self.out is not None)
-            out = out / "detections.json"
-            print(f"detected on {count} image(s) under {where}: {out}", flush=True)
+            print(f"detected on {count} image(s) under {where}: {out / 'detections.json'}", flush=True)
         elif kind == "super_resolution":
             count = write_upscaled(batches, dm.predict_files, where, out)
             print(f"upscaled {count} image(s) under {where} x{pl_module.task.scale}: {out}", flush=True)
@@ -84,4 +82,3 @@ class PredictionWriter(BasePredictionWriter):
                     for f, q, i in zip(dm.predict_files, p.tolist(), idx.tolist())]
             write_csv(out, rows, ["file", "class", "index", "probability"])
             print(f"predicted {len(rows)} image(s) under {where}: {out}", flush=True)
-        self.path = out
