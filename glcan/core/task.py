@@ -29,6 +29,7 @@ from torch import nn
 
 from glcan.backbones import Backbone, backbone_task, build_backbone, list_backbones
 from glcan.core.build import as_backbone
+from glcan.core.network import DeployedNetwork, SplitNetwork
 from glcan.heads import AuxHead, ModuleHead
 from glcan.heads.dense import DenseHead, ImageLabels, is_detection_head
 from glcan.heads.sr import SRTailHead, is_sr_head
@@ -110,6 +111,14 @@ class Task:
     def block_head(self, head: AuxHead) -> AuxHead:
         """A registered head as it trains a block of this task (here: as it is)."""
         return head
+
+    def deployable(self, net: SplitNetwork) -> nn.Module:
+        """The trained network as deployed: the blocks' units, then the last head (a head that
+        also reads the input, super-resolution's residual on bicubic, gets it there too)."""
+        units = [m for b in net.blocks for m in (b if isinstance(b, nn.Sequential) else [b])]
+        if getattr(net.heads[-1], "needs_input", False):
+            return DeployedNetwork(units, net.heads[-1])
+        return nn.Sequential(*units, net.heads[-1])
 
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """What ``predict`` returns for the network's output."""
@@ -210,6 +219,10 @@ class Detection(Task):
     def block_head(self, head: AuxHead) -> AuxHead:
         """A dense head as it is; a classification head learns the image's classes (ImageLabels)."""
         return head if isinstance(head, DenseHead) else ImageLabels(head)
+
+    def deployable(self, net: SplitNetwork) -> nn.Module:
+        """torchvision's ``FCOS`` itself: the blocks and the neck are its modules."""
+        return net.heads[-1].detector
 
     def prediction(self, output: Any) -> Any:
         return output  # FCOS's detections per image

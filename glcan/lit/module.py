@@ -17,9 +17,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from glcan.backbones.fcos import FCOSNeck
 from glcan.core.build import is_local
-from glcan.core.network import DeployedNetwork
 from glcan.core.step import BlockUpdate, check_finite, local_step
 from glcan.lit.checks import (ConfigError, check_checkpoint_matches, check_schedule_length, checkpoint_identity,
                               refuse_unsupported_precision)
@@ -169,17 +167,11 @@ class GLCanModule(L.LightningModule):
         return self.net(x)
 
     def deployable(self) -> nn.Module:
-        """The trained network as a plain ``nn.Module`` in eval mode: the blocks, then the last
-        head (the network's classifier); the other heads only served training. It needs no
-        glcan to run, and exports: ``torch.export.export(model.deployable(), (x,))``. A head that
-        also reads the input (super-resolution's residual on bicubic) gets it there too. A
-        detector is torchvision's own ``FCOS``, whose modules the blocks and the neck are."""
-        if isinstance(self.net.heads[-1], FCOSNeck):
-            return self.net.heads[-1].detector.eval()
-        units = [m for b in self.net.blocks for m in (b if isinstance(b, nn.Sequential) else [b])]
-        if getattr(self.net.heads[-1], "needs_input", False):
-            return DeployedNetwork(units, self.net.heads[-1]).eval()
-        return nn.Sequential(*units, self.net.heads[-1]).eval()
+        """The trained network as a plain ``nn.Module`` in eval mode, as the task deploys it
+        (``Task.deployable``): the blocks, then the last head (the network's classifier); the
+        other heads only served training. It needs no glcan to run, and exports:
+        ``torch.export.export(model.deployable(), (x,))``. A detector is torchvision's ``FCOS``."""
+        return self.task.deployable(self.net).eval()
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> None:
