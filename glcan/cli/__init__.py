@@ -19,6 +19,9 @@ from typing import Callable, Optional, Sequence
 from glcan.cli import compare, memory
 from glcan.cli import help as screen
 from glcan.cli.cli import CONFIGS, GLCanCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.warnings import disable_possible_user_warnings
+
 from glcan.core.step import NonFiniteLoss
 
 COMMANDS: dict[str, str] = {
@@ -82,27 +85,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet()
     try:
         if any(a in ("-h", "--help") for a in rest):
-            print(screen.command_help(command, COMMANDS[command], rest))
+            print(compare.HELP if command == "compare" else screen.command_help(command, COMMANDS[command], rest))
             return 0
         rest = screen.resolve_config_files(rest)
         if command in HANDLERS:
             return HANDLERS[command](rest)
         return run_subcommand([command, *rest])
-    except (argparse.ArgumentError, SystemExit) as e:  # jsonargparse's parse errors
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - every error is one line; GLCAN_DEBUG=1 shows its traceback
         if os.environ.get("GLCAN_DEBUG") or isinstance(e, SystemExit) and not e.code:
             raise
-        return fail(screen.parse_error_line(e, command), 2)
-    except (ValueError, OSError, KeyError, NonFiniteLoss) as e:
-        if os.environ.get("GLCAN_DEBUG"):
-            raise
-        return fail(screen.first_line(e), 2)
-    except Exception as e:  # noqa: BLE001 - an unforeseen error is still one line
-        if os.environ.get("GLCAN_DEBUG"):
-            raise
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        if isinstance(e, MisconfigurationException):  # Lightning's own: a GPU that is not there, ...
-            return fail(screen.misconfiguration_line(e), 2)
+        if isinstance(e, (argparse.ArgumentError, SystemExit)):  # jsonargparse's parse errors
+            return fail(screen.parse_error_line(e, rest), 2)
+        if isinstance(e, (ValueError, OSError, KeyError, NonFiniteLoss, MisconfigurationException)):  # bad input
+            return fail(screen.first_line(e), 2)
         return fail(f"{type(e).__name__}: {screen.first_line(e)} (rerun with GLCAN_DEBUG=1 for the traceback)", 1)
 
 
@@ -111,33 +106,28 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-class _DropLines(logging.Filter):
-    """Lightning's info lines that tell a glcan user nothing (advertising, device lists)."""
+# Lightning's info lines that tell a glcan user nothing (advertising, device lists).
+NOISE = ("Tip:", "GPU available", "TPU available", "HPU available", "to estimate number of stepping batches")
 
-    NOISE = ("Tip:", "GPU available", "TPU available", "HPU available", "to estimate number of stepping batches")
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in record.getMessage() for n in self.NOISE)
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(n in record.getMessage() for n in NOISE)
 
 
 def quiet() -> None:
     """Silence warnings that are false or not the user's business, where they start."""
     os.environ.setdefault("WANDB_SILENT", "true")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropLines) for f in logger.filters):
-            logger.addFilter(_DropLines())
+        if _not_noise not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_not_noise)
+    disable_possible_user_warnings()  # Lightning's guesses: num_workers=0 is our CPU default, a short epoch, ...
     for pattern in (
         ".*args parameter is intended to run from within Python.*",  # LightningCLI: args= is how we call it
-        ".*does not have many workers which may be a bottleneck.*",  # num_workers=0 is our CPU default
-        ".*is smaller than the logging interval.*",
         ".*LightningCLI.*subclass_mode.*",
         ".*Checkpoint directory .* exists and is not empty.*",  # our run directories are resumed in place
         ".*Experiment logs directory .* exists and is not empty.*",  # metrics.csv is continued (lit.loggers)
-        ".*GPU available but not used.*",
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # inside Lightning, not ours to fix
         ".*'set_vital' is deprecated.*",  # inside torchdata's StatefulDataLoader
         ".*`weights_only` was not set.*",  # Lightning's resume of our own checkpoints (optimizer classes)
-        ".*recommended to use `self.log\\(.*sync_dist=True.*",  # DDP: every replica evaluates every image
     ):
         warnings.filterwarnings("ignore", message=pattern)

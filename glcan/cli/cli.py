@@ -18,8 +18,6 @@ The callbacks of every run are listed in ``configs/defaults.yaml``, not here.
 
 from __future__ import annotations
 
-import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -32,12 +30,9 @@ from glcan.lit import rundir
 from glcan.data import GLCanDataModule
 from glcan.lit import GLCanModule
 from glcan.lit.callbacks import RunInterrupted
-from glcan.lit.checks import ConfigError
-from glcan.lit.pipeline import PipelineStrategy
 from glcan.lit.records import EvaluationRecord, PredictionWriter
-from glcan.lit.loggers import (WandbOptions, build_loggers, finish_wandb, run_config, wandb_options, wandb_run_dir,
-                               wandb_sync_hint)
-from glcan.lit.summary import build_summary, measured_by_callbacks, stage_metrics, summary_line
+from glcan.lit.loggers import WandbOptions, build_loggers, finish_wandb, run_config, wandb_options
+from glcan.lit.summary import finish_fit
 from glcan.parallel.options import ParallelOptions, trainer_kwargs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -69,16 +64,16 @@ class GLCanCLI(LightningCLI):
         parser.add_argument("--logger", type=Union[bool, WandbOptions], default=WandbOptions(),
                             help="Weights & Biases (offline without an API key; false turns it off; the CSV log is always written).")
         parser.add_argument("--run_dir", type=Optional[str], default=None,
-                            help="Write the run exactly here (default: {trainer.default_root_dir}/{experiment}/version_N).")
+                            help="write the run exactly here (default: {trainer.default_root_dir}/{experiment}/version_N).")
         parser.add_argument("--parallel", type=ParallelOptions, default=ParallelOptions(),
                             help="Parallel training: pipeline (block groups in worker processes) or ddp.")
         parser.add_argument("--out", type=Optional[str], default=None,
                             help="predict: the CSV to write (super-resolution: the folder for the PNGs); compare: its folder.")
         parser.add_argument("--images", type=Optional[str], default=None,
-                            help="predict: the folder of images (default: data.root).")
+                            help="the folder of images to predict (default: data.root).")
         parser.add_argument("--budget", type=Optional[str], default=None,
-                            help="memory: a GPU memory budget (4GiB, 12GB, bytes): which methods fit it.")
-        parser.add_argument("--json", action="store_true", help="memory: print the report as one JSON object.")
+                            help="a GPU memory budget (4GiB, 12GB, bytes): which methods fit it.")
+        parser.add_argument("--json", action="store_true", help="print the report as one JSON object.")
         if self._extra is not None:
             self._extra(parser)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -131,42 +126,39 @@ class GLCanCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The Trainer of the config, writing into this command's run (``fit``) or beside its
-        checkpoint (the others), with the CSV and W&B loggers attached there."""
-        cfg = self.cfg
-        if self.subcommand is None:
+        checkpoint (the others, which leave a record there: glcan.lit.records), with the CSV
+        and W&B loggers attached there."""
+        cfg, sub = self.cfg, self.subcommand
+        if sub is None:
             return super().instantiate_trainer(logger=False, **kwargs)
-        strategy = cfg.trainer.get("strategy")
-        if isinstance(strategy, str) and strategy.startswith("ddp") and cfg.parallel.mode != "ddp":
-            raise ConfigError(f"--trainer.strategy {strategy}: local learning's backward per block needs glcan's DDP "
-                              "setting; use --parallel.mode ddp --parallel.workers N instead")
-        self.wandb = wandb_options(cfg.logger)
         experiment = rundir.experiment_name(cfg, self.model, self.datamodule)
-        if self.subcommand == "fit":
+        wandb = wandb_options(cfg.logger if sub != "predict" else False)  # predict's output is files
+        if sub == "fit":
             self.run = rundir.place(cfg, self.model, self.datamodule)
-            path, job, resumed = self.run.path, self.model.hparams.method, self.run.resume_from
-            self.config_init[self.subcommand]["ckpt_path"] = str(resumed) if resumed else None
-            name = f"{experiment}-s{cfg.get('seed_everything')}-{self.run.record.get('wandb_id', '')[:6]}"
+            path, job, ckpt, record = self.run.path, self.model.hparams.method, self.run.resume_from, self.run.record
+            name = f"{experiment}-s{cfg.get('seed_everything')}-{record.get('wandb_id', '')[:6]}"
+            # Several processes train; a checkpoint is evaluated in this one (a pipeline run's
+            # config still says pipeline when validate/test start from it).
+            kwargs.update(trainer_kwargs(cfg.get("parallel"), self.model, cfg.trainer))
         else:
-            self.ckpt = rundir.eval_checkpoint(cfg, self.model, self.datamodule)
-            self.config_init[self.subcommand]["ckpt_path"] = str(self.ckpt)
-            path, job, resumed = rundir.record_dir(self.ckpt), self.subcommand, None
-            name = f"{experiment}-{self.subcommand}"
+            ckpt = rundir.eval_checkpoint(cfg, self.model, self.datamodule)
+            path, job, record, name = rundir.record_dir(ckpt), sub, None, f"{experiment}-{sub}"
             self.save_config_callback = None  # an evaluation writes its record, not a config.yaml
-            if self.subcommand == "predict":  # its output is files, not a W&B run
-                self.wandb = wandb_options(False)
-        # Several processes train; a checkpoint is evaluated in this one (a pipeline run's config
-        # still says pipeline when validate/test start from it).
-        parallel = trainer_kwargs(cfg.get("parallel"), self.model, cfg.trainer) if self.subcommand == "fit" else {}
-        kwargs.update(logger=False, default_root_dir=str(path), **parallel)
-        trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand != "fit":
-            trainer.callbacks.append(PredictionWriter(path, cfg.get("out")) if self.subcommand == "predict"
-                                     else EvaluationRecord(self.ckpt, path))
+            self.datamodule.predict_root = cfg.get("images")
+            if sub == "test":  # super-resolution on a user's folder: every photograph, unless it trained on it
+                saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+                self.datamodule.evaluate_every_photo((saved.get("datamodule_hyper_parameters") or {}).get("root"))
+        # LightningCLI passes these on to the Trainer's method (each method takes the ones it has).
+        for key, value in {"ckpt_path": str(ckpt) if ckpt else None, "verbose": False, "return_predictions": False}.items():
+            self.config_init[sub][key] = value
+        trainer = super().instantiate_trainer(logger=False, default_root_dir=str(path), **kwargs)
+        if sub != "fit":
+            trainer.callbacks.append(PredictionWriter(path, cfg.get("out")) if sub == "predict"
+                                     else EvaluationRecord(ckpt, path))
         # The loggers join once the trainer is valid: a bad accelerator fails above, before a W&B
         # run or a CSV log exists.
-        trainer.loggers = build_loggers(path, name, run_config(cfg, self.model, self.datamodule), self.wandb, job,
-                                        record=self.run.record if self.subcommand == "fit" else None,
-                                        resumed_from=resumed, csv=self.subcommand == "fit")
+        trainer.loggers = build_loggers(path, name, run_config(cfg, self.model, self.datamodule), wandb, job,
+                                        record=record, resumed_from=ckpt if sub == "fit" else None, csv=sub == "fit")
         return trainer
 
     # ---------------------------------------------------------------- fit
@@ -180,51 +172,15 @@ class GLCanCLI(LightningCLI):
             except RunInterrupted as e:
                 if self.trainer.is_global_zero:
                     where = f"checkpoint saved to {e.checkpoint}" if e.checkpoint else "no checkpoint directory"
-                    print(f"stopped by {e.signame}; {where}. Resume with:\n  {self.resume_command()}",
+                    print(f"stopped by {e.signame}; {where}. Resume with:\n  {self.run.resume_command(self._args)}",
                           file=sys.stderr, flush=True)
                 self.exit_code = 130
                 return
-            self.finish_fit(model)
+            finish_fit(self.trainer, model, self.datamodule, self.run, self.cfg.get("seed_everything"))
             self.exit_code = 0
         finally:
             finish_wandb(self.trainer.loggers, self.exit_code)
             self.run.release()
-
-    def finish_fit(self, model: GLCanModule) -> None:
-        """Test the trained network and write summary.json (rank 0), from the last validation's
-        and the test's metrics and what the callbacks measured."""
-        trainer = self.trainer
-        val = stage_metrics(trainer, "val")  # the last validation, before the test pass replaces the metrics
-        trainer.test(model, datamodule=self.datamodule, verbose=False)
-        measured = measured_by_callbacks(trainer)
-        if isinstance(trainer.strategy, PipelineStrategy):  # every stage's own figures, gathered
-            measured.update(trainer.strategy.summary_fields(measured, self.datamodule.batch_size))
-        elif trainer.world_size > 1:  # DDP: every replica tested the whole test set, so the figures are the run's
-            measured.update(parallel="ddp", workers=trainer.world_size)
-        summary = build_summary(model, self.datamodule, epochs=trainer.current_epoch, global_step=trainer.global_step,
-                                seed=self.cfg.get("seed_everything"), precision=str(trainer.precision),
-                                test_metrics=stage_metrics(trainer, "test"), measured=measured,
-                                run_dir=str(self.run.path), wandb_dir=wandb_run_dir(trainer.loggers), val_metrics=val)
-        if trainer.is_global_zero:
-            self.summary_path = self.run.write_summary(summary, trainer.loggers)
-            print(summary_line(summary, self.summary_path), flush=True)
-            hint = wandb_sync_hint(self.run.path)
-            if hint:
-                print(hint, flush=True)
-
-    def resume_command(self) -> str:
-        """The exact command that resumes this run (inside a comparison: the comparison's own)."""
-        if os.environ.get("GLCAN_RESUME_COMMAND"):
-            return os.environ["GLCAN_RESUME_COMMAND"].splitlines()[-1]
-        args, keep, skip = list(self._args), [], False
-        for a in args:
-            if skip or a.startswith(("--ckpt_path=", "--run_dir=")):
-                skip = False
-                continue
-            skip = a in ("--ckpt_path", "--run_dir")
-            if not skip:
-                keep.append(a)
-        return shlex.join(["python", "train.py", *keep, "--run_dir", str(self.run.path), "--ckpt_path", "last"])
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._args = list(args or [])
@@ -232,23 +188,10 @@ class GLCanCLI(LightningCLI):
 
     # ---------------------------------------------------------------- validate / test / predict
     # LightningCLI's own, over the checkpoint; glcan.lit.records' callbacks write what they leave.
-    def validate(self, model: GLCanModule, **kwargs: Any) -> None:
-        self._evaluate(self.trainer.validate, model, {**kwargs, "verbose": False})
-
-    def test(self, model: GLCanModule, **kwargs: Any) -> None:
-        # Super-resolution on a user's folder: every photograph, unless it is the training folder.
-        saved = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
-        self.datamodule.evaluate_every_photo(trained_on=(saved.get("datamodule_hyper_parameters") or {}).get("root"))
-        self._evaluate(self.trainer.test, model, {**kwargs, "verbose": False})
-
-    def predict(self, model: GLCanModule, **kwargs: Any) -> None:
-        self.datamodule.predict_root = self.cfg.get("images")
-        self._evaluate(self.trainer.predict, model, {**kwargs, "return_predictions": False})
-
-    def _evaluate(self, run: Callable[..., Any], model: GLCanModule, kwargs: dict[str, Any]) -> None:
-        run(model, **kwargs)  # ckpt_path: the checkpoint instantiate_trainer found
+    def after_validate(self) -> None:
         finish_wandb(self.trainer.loggers, 0)
-        self.exit_code = 0
+
+    after_test = after_predict = after_validate
 
 
 def run_fit(args: list[str]) -> int:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from glcan.cli.cli import GLCanCLI, run_fit
+from glcan.cli.help import did_you_mean, known, parse_error_line
 from glcan.compare.comparison import run_comparison
-from glcan.compare.grid import RESERVED_KEYS, CompareError, Options, expand, make_options
+from glcan.compare.grid import CompareError, Options, expand, make_options
 
 OWN = ("--grid", "--seeds", "--seed_list", "--out", "--name", "--baseline", "--shard")
 FLAGS = ("--report_only",)
@@ -64,43 +65,30 @@ def add_arguments(parser: Any) -> None:
 
 
 def options(cfg: Any, argv: list[str]) -> Options:
-    """compare's options from the parsed config; the fit options are ``argv`` without them."""
-    for flag, hint in RESERVED_KEYS.items():
-        if flag != "config" and any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv):
-            raise CompareError(f"--{flag} is set by compare for every run; use {hint}")
+    """compare's options from the parsed config; every run is given ``argv`` without them."""
+    fixed, skip = [], False
+    for a in argv:
+        own = a.partition("=")[0] in OWN + FLAGS
+        if not (own or skip):
+            fixed.append(a)
+        skip = own and a in OWN  # its value follows
     return make_options(cfg.get("grid") or [], seeds=cfg.get("seeds"), seed_list=cfg.get("seed_list"),
                         out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"),
-                        shard=cfg.get("shard"), report_only=bool(cfg.get("report_only")), fixed=_without_own(argv))
-
-
-def _without_own(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in OWN:
-            skip = True
-        elif a in FLAGS:
-            continue
-        elif not a.startswith(tuple(f"{f}=" for f in OWN)):
-            out.append(a)
-    return out
+                        shard=cfg.get("shard"), report_only=bool(cfg.get("report_only")), fixed=fixed)
 
 
 def check_grid(cli: GLCanCLI, opts: Options) -> None:
     """Every grid value through the fit parser (parse only) before anything trains."""
-    from glcan.cli.help import did_you_mean, known_options, parse_error_line
-
-    known = known_options()
+    keys = known(cli.parser)
     for key, values in opts.grid:
         spec = f"{key}={','.join(values)}"
-        if key not in known and not any(key.startswith(k + ".") for k in known):
-            raise CompareError(f"--grid '{spec}': unknown key '{key}'{did_you_mean(key, known)}")
+        if key not in keys and not any(key.startswith(k + ".") for k in keys):
+            raise CompareError(f"--grid '{spec}': unknown key '{key}'{did_you_mean(key, keys)}")
         for value in values:
             try:
                 cli.parser.parse_args([*opts.fixed, f"--{key}", value], defaults=True)
             except (argparse.ArgumentError, SystemExit) as e:
-                raise CompareError(f"--grid '{spec}': bad value '{value}': {parse_error_line(e)}") from None
+                raise CompareError(f"--grid '{spec}': bad value '{value}': {parse_error_line(e, p=cli.parser)}") from None
 
 
 def command_line(argv: list[str]) -> str:

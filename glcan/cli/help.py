@@ -1,87 +1,73 @@
 """Help that fits a screen, and input errors in one line with a "did you mean".
 
-LightningCLI's own ``--help`` prints every Trainer option and, for ``model.backbone``, every
-``nn.Module`` it can import: over a thousand lines. Each command here gets one screen: its own
-options and the sections it reads, each key with the first sentence of its docstring (wrapped,
-never cut); ``--help SECTION`` prints a section in full. The text comes from the classes'
-signatures and docstrings (what LightningCLI reads too), so help needs no parser and is quick.
+Both read the parser LightningCLI builds (jsonargparse: every option with its type hint and its
+docstring text), so they describe exactly what a command accepts. LightningCLI's own ``--help``
+prints every Trainer option and, for ``model.backbone``, every ``nn.Module`` it can import: over
+a thousand lines. Each command here gets one screen: its own options and the sections it reads,
+each key with the first sentence of its text; ``--help SECTION`` prints a section in full.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
 import shutil
 import textwrap
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
-import docstring_parser
 import yaml
+from jsonargparse import ArgumentParser
 
-from glcan.cli.cli import CONFIGS
-from glcan.lit.rundir import checkpoint_file, run_config_of
-from glcan.data import GLCanDataModule
-from glcan.lit import GLCanModule
+from glcan.cli.cli import CONFIGS, GLCanCLI
 from glcan.lit.loggers import WandbOptions
-from glcan.parallel.options import ParallelOptions
+from glcan.lit.rundir import checkpoint_file, run_config_of
 
-# The Trainer options a glcan user reaches for; `fit --help trainer` lists them all.
-TRAINER_KEYS = ("max_epochs", "max_steps", "accelerator", "devices", "precision", "default_root_dir",
-                "limit_train_batches", "limit_val_batches", "limit_test_batches", "enable_progress_bar")
-OWN: dict[str, dict[str, str]] = {
-    "fit": {"--config FILE": "a YAML config; repeat to compose (later files override earlier ones); a shipped "
-                             "config is found by its name from any directory",
-            "--ckpt_path last|PATH": "resume the latest run of this config (or --run_dir's), or a checkpoint",
-            "--run_dir DIR": "write the run exactly here", "--seed_everything N": "the run's seed: initialisation "
-                             "and data order (default 0; data.seed fixes the split)"},
-    "validate": {"--ckpt_path PATH|DIR|last": "the checkpoint (a run directory means its last.ckpt)",
-                 "--config FILE": "default: the config.yaml of the checkpoint's run"},
-    "memory": {"--config FILE": "a YAML config (any key that trains also predicts)",
-               "--budget SIZE": "a GPU memory budget (4GiB, 12GB, bytes): which methods fit it, which to use "
-                                "(--model.memory_policy accuracy|speed)", "--json": "print the report as one JSON object"},
-    "check-data": {"--config FILE": "a YAML config"},
-}
-OWN["test"] = OWN["validate"]
-OWN["predict"] = {**OWN["validate"], "--images DIR": "the folder of images to predict (default: data.root)",
-                  "--out PATH": "the CSV to write (default: predictions.csv in the checkpoint's run); super-resolution: "
-                                "the folder for the PNGs"}
-SECTIONS: dict[str, tuple[str, ...]] = {"fit": ("model", "data", "trainer", "logger", "parallel"),
-                                        "validate": ("data",), "test": ("data",), "predict": ("data",),
-                                        "memory": ("model", "data", "trainer"), "check-data": ("data",)}
-CLASSES = {"model": GLCanModule, "data": GLCanDataModule, "logger": WandbOptions, "parallel": ParallelOptions}
+# Each command's flags beside its sections: LightningCLI's own in glcan's words, glcan's (None)
+# in the parser's.
+CONFIG = "a YAML config, repeatable (later files override); a shipped one by its name from anywhere"
+EVALUATE = {"ckpt_path": "PATH|DIR|last: the checkpoint (a run directory means its last.ckpt)",
+            "config": "default: the config.yaml of the checkpoint's run"}
+FLAGS: dict[str, dict[str, Optional[str]]] = {
+    "fit": {"config": CONFIG, "ckpt_path": "last|PATH: resume the latest run of this config (or --run_dir's), or a "
+            "checkpoint", "run_dir": None, "seed_everything": "the run's seed: initialisation and data order "
+            "(default 0; data.seed fixes the split)"},
+    "validate": EVALUATE, "test": EVALUATE, "predict": {**EVALUATE, "images": None, "out": None},
+    "memory": {"config": CONFIG + " (any key that trains also predicts)", "budget": None, "json": None},
+    "check-data": {"config": CONFIG}}
+SECTIONS = {"fit": ("model", "data", "trainer", "logger", "parallel"), "memory": ("model", "data", "trainer")}
+# The keys one screen describes; the others are named, and `--help SECTION` describes them all.
+FIRST = {"model": ("backbone", "method", "num_blocks", "split", "head", "head_kwargs", "optimizer", "memory_budget"),
+         "data": ("name", "root", "batch_size", "image_size", "seed"),
+         "trainer": ("max_epochs", "max_steps", "accelerator", "devices", "precision", "default_root_dir",
+                     "limit_train_batches", "limit_val_batches", "limit_test_batches", "enable_progress_bar")}
+
+
+def parser() -> ArgumentParser:
+    """The options every command reads (``fit``'s), from no arguments."""
+    return GLCanCLI([], run=False, instantiate=False).parser
+
+
+def options(p: ArgumentParser, section: str) -> dict[str, tuple[Any, str]]:
+    """``{key: (type hint, text)}`` of one section as the parser reads it; keys linked from the
+    data module are not the user's to set and are left out."""
+    if section == "logger":  # --logger is true, false or WandbOptions' keys
+        p = ArgumentParser()
+        p.add_class_arguments(WandbOptions, "logger")
+    return {a.dest.partition(".")[2]: (a._typehint, " ".join((a.help or "").split()).replace("``", ""))
+            for a in p._actions if a.dest.startswith(f"{section}.") and a.dest.count(".") == 1
+            and hasattr(a, "_typehint")}
+
+
+def known(p: ArgumentParser) -> set[str]:
+    """Every key the commands take (what a typo is matched against); ``--model CONFIG`` and the
+    like load a section: the keys below them are what a user names."""
+    return {a.dest for a in p._actions} - {"model", "data", "trainer"} | {f"logger.{k}" for k in options(p, "logger")}
 
 
 def _width() -> int:
     return min(shutil.get_terminal_size((100, 24)).columns, 110)
-
-
-def _trainer_params() -> dict[str, Any]:
-    from lightning.pytorch import Trainer
-
-    return {k: p for k, p in inspect.signature(Trainer.__init__).parameters.items() if k != "self"}
-
-
-def section_options(section: str) -> dict[str, tuple[Any, str]]:
-    """``{key: (annotation, description)}`` of one section, from the class's signature and docstring."""
-    if section == "trainer":
-        return {k: (p.annotation, "") for k, p in _trainer_params().items()}
-    cls = CLASSES[section]
-    init = cls.__init__
-    docs = {p.arg_name: p.description or "" for d in (init.__doc__, cls.__doc__) if d
-            for p in docstring_parser.parse(d).params}
-    hints = typing.get_type_hints(init)
-    params = [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")]
-    return {k: (hints.get(k), " ".join(docs.get(k, "").split()).replace("``", "")) for k in params}
-
-
-def known_options() -> set[str]:
-    """Every ``--key`` the commands take (what a typo is matched against)."""
-    keys = {f"{s}.{k}" for s in ("model", "data", "trainer", "logger", "parallel") for k in section_options(s)}
-    return keys | {"config", "ckpt_path", "run_dir", "seed_everything", "logger", "parallel", "images", "out",
-                   "budget", "json"}
 
 
 def _first_sentence(text: str) -> str:
@@ -96,7 +82,7 @@ def _choices(annotation: Any) -> list[str]:
 
 
 def _describe(annotation: Any, text: str) -> str:
-    """The first sentence of a key's docstring, led by its choices when it has a fixed few."""
+    """The first sentence of a key's text, led by its choices when it has a fixed few."""
     first = _first_sentence(text)
     choices = _choices(annotation)
     return f"{' | '.join(choices)}: {first}" if choices and not all(c in first for c in choices) else first
@@ -109,48 +95,33 @@ def _wrap(left: str, text: str, pad: int) -> list[str]:
 
 def command_help(command: str, summary: str, rest: list[str]) -> str:
     """One screen for ``command`` (``--help SECTION``: that section in full)."""
-    if command == "compare":
-        from glcan.cli.compare import HELP
-
-        return HELP
+    p, sections = parser(), SECTIONS.get(command, ("data",))
     i = next(i for i, a in enumerate(rest) if a in ("-h", "--help"))
     section = rest[i + 1] if i + 1 < len(rest) and not rest[i + 1].startswith("-") else None
-    sections = SECTIONS[command]
     if section:
         if section not in sections:
             raise ValueError(f"`{command} --help` takes a section: {', '.join(sections)}; got {section!r}")
-        opts = section_options(section)
         lines = [f"--{section}.KEY options of `train.py {command}`:"]
-        for k, (_, text) in opts.items():
-            lines += _wrap(k, text or "(see Lightning's Trainer documentation)", 22)
+        for k, (_, text) in options(p, section).items():
+            lines += _wrap(k, text, 22)
         return "\n".join(lines)
+    help_of = {a.dest: a.help for a in p._actions}
     lines = [f"usage: python train.py {command} [--config FILE ...] [--SECTION.KEY VALUE ...]", "", summary, ""]
-    for flag, text in OWN.get(command, OWN["fit"]).items():
-        lines += _wrap(flag, text, 26)
-    for s in ("model", "data"):
-        if s in sections:
-            options = {k: v for k, v in section_options(s).items() if s != "model" or k not in LINKED}
-            lines += ["", f"{s} (--{s}.KEY):"]
-            lines += [ln for k, (hint, text) in options.items() if k in FIRST[s]
-                      for ln in _wrap(k, _describe(hint, text), 20)]
-            lines += textwrap.wrap("more: " + ", ".join(k for k in options if k not in FIRST[s]), _width(),
+    for flag, text in FLAGS[command].items():
+        lines += _wrap(f"--{flag}", text or help_of[flag], 20)
+    for s in sections:
+        opts = options(p, s)
+        if s in FIRST and s != "trainer":
+            lines += ["", f"{s} (--{s}.KEY):", *[ln for k in FIRST[s] for ln in _wrap(k, _describe(*opts[k]), 20)]]
+            lines += textwrap.wrap("more: " + ", ".join(k for k in opts if k not in FIRST[s]), _width(),
                                    initial_indent="  ", subsequent_indent="    ")
-    if "trainer" in sections:
-        lines += [""] + textwrap.wrap("trainer (--trainer.KEY, Lightning's Trainer): " + ", ".join(TRAINER_KEYS)
-                                      + ", ...", _width(), subsequent_indent="  ")
-    for s in ("logger", "parallel"):
-        if s in sections:
-            lines += textwrap.wrap(f"{s} (--{s}.KEY): " + ", ".join(section_options(s)), _width(), subsequent_indent="  ")
+        else:  # named only
+            names = ", ".join(FIRST.get(s, opts)) + (", ..." if s in FIRST else "")
+            lines += [""] * (s == "trainer") + textwrap.wrap(f"{s} (--{s}.KEY): {names}", _width(), subsequent_indent="  ")
     if command in ("validate", "test", "predict"):
         lines += ["", "The model comes from the checkpoint; data options override its run's config."]
     lines += ["", f"`{command} --help SECTION`: a section in full ({', '.join(sections)})"]
     return "\n".join(lines)
-
-
-# The keys one screen describes; the others are named, and `--help SECTION` describes them all.
-FIRST = {"model": ("backbone", "method", "num_blocks", "split", "head", "head_kwargs", "optimizer", "memory_budget"),
-         "data": ("name", "root", "batch_size", "image_size", "seed", "download")}
-LINKED = ("num_classes", "image_shape", "task", "batch_size", "precision", "boundaries")  # set by the data / planner
 
 
 # ---------------------------------------------------------------- input errors
@@ -164,15 +135,6 @@ def first_line(e: BaseException) -> str:
         return f"{e.filename}: {e.strerror}"
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def misconfiguration_line(e: BaseException) -> str:
-    """Lightning's own configuration errors; its long DDP complaint points to glcan's switch."""
-    text = first_line(e)
-    if "parameters that were not used" in str(e) or "find_unused_parameters" in str(e):
-        return "local learning's per-block backward needs glcan's DDP setting: use --parallel.mode ddp " \
-               "--parallel.workers N instead of --trainer.strategy ddp"
-    return text
 
 
 def _expected(annotation: Any) -> str:
@@ -190,28 +152,32 @@ def _expected(annotation: Any) -> str:
     return " or ".join(words) or "a valid value"
 
 
-def parse_error_line(error: BaseException, command: str = "fit") -> str:
-    """A jsonargparse error as one line that names the option, with a suggestion."""
+def parse_error_line(error: BaseException, argv: Sequence[str] = (), p: Optional[ArgumentParser] = None) -> str:
+    """A jsonargparse error as one line that names the option (and the config files, when the
+    command line does not set it), with a suggestion."""
+    p = p or parser()
     text = str(error).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    known = known_options()
-    m = re.search(r"[Uu]nrecognized arguments: (.+)", text) or re.search(r"does not accept (?:nested )?key '?([\w.]+)", text)
+    m = re.search(r"[Uu]nrecognized arguments: (.+)", text) or re.search(r"does not accept (?:nested )?(?:key|option) '?([\w.]+)", text) \
+        or re.search(r'[Kk]ey "(\w+)".*NestedArg\(key=\'(\w+)\'', text, re.S)  # --logger.mde
     if m:
-        bad = m.group(1).split()[0]
-        if not bad.startswith("--") and "." not in bad:
+        bad = ".".join(m.groups()) if m.lastindex == 2 else m.group(1).split()[0]
+        group = re.search(r"Group '(\w+)'", text)  # a key of a section, from a config file
+        if not bad.startswith("--") and "." not in bad and not group:
             return f"unexpected argument {bad!r}"
         key = bad.lstrip("-").split("=", 1)[0]
-        group = re.search(r"Group '(\w+)'", text)
         key = f"{group.group(1)}.{key}" if group and "." not in key else key
-        return f"unknown option --{key}{did_you_mean(key, known).replace('mean ', 'mean --')}"
+        configs = [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+        if configs and not any(a.lstrip("-").partition("=")[0] == key for a in argv):
+            return f"{', '.join(configs)}: {key} is not an option{did_you_mean(key, known(p))}"
+        return f"unknown option --{key}{did_you_mean(key, known(p)).replace('mean ', 'mean --')}"
     m = re.search(r'[Kk]ey "([^"]+)"', text)
     if m:
         key = m.group(1).split(".", 1)[1] if m.group(1).split(".", 1)[0] in ("fit", "validate", "test", "predict") \
             else m.group(1)
         given = re.search(r"(?:Given|Got) value: (.+)", text)
         value = given.group(1).strip().strip("'\"") if given else None
-        section, _, name = key.partition(".")
-        annotation = section_options(section).get(name, (None, ""))[0] if section in CLASSES else None
+        annotation = next((a._typehint for a in p._actions if a.dest == key and hasattr(a, "_typehint")), None)
         if annotation is not None and value is not None:
             choices = _choices(annotation)
             hint = did_you_mean(value, choices) if choices else ""
@@ -230,19 +196,13 @@ def parse_error_line(error: BaseException, command: str = "fit") -> str:
 def resolve_config_files(argv: list[str]) -> list[str]:
     """``--config`` files as paths that exist: as given, else a shipped config of that name
     (so ``--config mnist5k_resnet20_glcan_k4.yaml`` works from any directory); each is read
-    once here so that a YAML error or an unknown key names its file and line."""
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--config" or a.startswith("--config="):
-            value = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.partition("=")[2]
-            path = _find_config(value)
-            _check_yaml(path, set())
-            out += ["--config", str(path)]
-            i += 2 if a == "--config" else 1
-            continue
-        out.append(a)
-        i += 1
+    once here so that a YAML error names its file and line (jsonargparse names neither)."""
+    out: list[str] = []
+    for a in argv:
+        if a.startswith("--config="):
+            out += ["--config", str(_check_yaml(_find_config(a.partition("=")[2])))]
+        else:
+            out.append(str(_check_yaml(_find_config(a))) if out and out[-1] == "--config" else a)
     return out
 
 
@@ -255,10 +215,7 @@ def _find_config(value: str) -> Path:
     raise ValueError(f"--config {value}: no such file (looked in {Path.cwd()} and in the shipped configs, {CONFIGS})")
 
 
-def _check_yaml(path: Path, seen: set) -> None:
-    if path in seen or not path.is_file():
-        return
-    seen.add(path)
+def _check_yaml(path: Path) -> Path:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -268,27 +225,9 @@ def _check_yaml(path: Path, seen: set) -> None:
         raise ValueError(f"{path}:{where}: YAML syntax error: {problem}") from None
     except OSError as e:
         raise ValueError(f"cannot read config {path}: {e.strerror}") from None
-    if data is None:
-        return
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping of sections (model:, data:, trainer:, ...)")
-    for section in ("model", "data"):
-        if isinstance(data.get(section), dict):
-            names = section_options(section)
-            for key in data[section]:
-                if key not in names:
-                    raise ValueError(f"{path}: {section}.{key} is not an option{did_you_mean(key, names)}")
-    for value in _strings(data):  # section files a config refers to (data: data/mnist5k.yaml)
-        if value.endswith((".yaml", ".yml")):
-            _check_yaml(path.parent / value, seen)
-
-
-def _strings(data: Any) -> Iterable[str]:
-    if isinstance(data, str):
-        yield data
-    elif isinstance(data, dict):
-        for v in data.values():
-            yield from _strings(v)
+    return path
 
 
 def with_run_config(argv: list[str]) -> list[str]:

@@ -119,9 +119,13 @@ def make_options(grid: list[str], seeds: Optional[int] = None, seed_list: Option
                  out: Optional[str] = None, name: Optional[str] = None, baseline: Optional[str] = None,
                  shard: Optional[str] = None, report_only: bool = False, fixed: Optional[list[str]] = None) -> Options:
     """compare's options, checked: ``grid`` as ``KEY=V1,V2`` specs, ``seeds`` a count or
-    ``seed_list`` the seeds themselves, ``shard`` as ``i/n``; bad ones raise CompareError."""
+    ``seed_list`` the seeds themselves, ``shard`` as ``i/n``, ``fixed`` (the options every run
+    is given) without what compare sets itself; bad ones raise CompareError."""
     opts = Options(out=out, name=name, baseline=baseline, fixed=list(fixed or []),
                    shard=parse_shard(shard) if shard else None, report_only=report_only)
+    for flag, hint in RESERVED_KEYS.items():  # among the options every run is given
+        if flag != "config" and any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in opts.fixed):
+            raise CompareError(f"--{flag} is set by compare for every run; use {hint}")
     for spec in grid:
         key, values = parse_grid(spec)
         if any(k == key for k, _ in opts.grid):

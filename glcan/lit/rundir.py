@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import time
 import uuid
 import zipfile
@@ -88,6 +89,21 @@ class RunDir:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+    def resume_command(self, args: list[str]) -> str:
+        """The exact command that resumes this run, from the arguments that started it (inside a
+        comparison: the comparison's own, which it passes on in ``GLCAN_RESUME_COMMAND``)."""
+        if os.environ.get("GLCAN_RESUME_COMMAND"):
+            return os.environ["GLCAN_RESUME_COMMAND"].splitlines()[-1]
+        keep, skip = [], False
+        for a in args:
+            if skip or a.startswith(("--ckpt_path=", "--run_dir=")):
+                skip = False
+                continue
+            skip = a in ("--ckpt_path", "--run_dir")
+            if not skip:
+                keep.append(a)
+        return shlex.join(["python", "train.py", *keep, "--run_dir", str(self.path), "--ckpt_path", "last"])
 
     def write_summary(self, summary: dict[str, Any], loggers: list) -> Path:
         """summary.json, atomically; a figure this segment could not measure (a resumed run that

@@ -13,11 +13,14 @@ that exists is complete: the comparison runner relies on that to skip finished r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 
 from glcan.heads.sr import BICUBIC_KERNEL
+from glcan.lit.loggers import wandb_run_dir, wandb_sync_hint
+from glcan.lit.pipeline import PipelineStrategy
 
 
 def _metric(metrics: dict, key: str) -> Optional[float]:
@@ -124,3 +127,29 @@ def summary_line(summary: dict[str, Any], path: Any) -> str:
              if value is not None else f"test/{metric} n/a")
     memory = f"peak memory {mem / 2**20:.1f} MiB" if mem else "peak memory not measured"
     return f"{score} | {memory} | summary: {path}"
+
+
+def finish_fit(trainer: L.Trainer, module: Any, datamodule: Any, run: Any, seed: Optional[int]) -> Optional[Path]:
+    """After ``trainer.fit``: test the trained network and write the run's summary.json (rank 0,
+    through ``run``, a :class:`glcan.lit.rundir.RunDir`) from the last validation's and the
+    test's metrics and what the callbacks measured; print its one line. Returns its path (None
+    on other ranks)."""
+    val = stage_metrics(trainer, "val")  # the last validation, before the test pass replaces the metrics
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    measured = measured_by_callbacks(trainer)
+    if isinstance(trainer.strategy, PipelineStrategy):  # every stage's own figures, gathered
+        measured.update(trainer.strategy.summary_fields(measured, datamodule.batch_size))
+    elif trainer.world_size > 1:  # DDP: every replica tested the whole test set, so the figures are the run's
+        measured.update(parallel="ddp", workers=trainer.world_size)
+    summary = build_summary(module, datamodule, epochs=trainer.current_epoch, global_step=trainer.global_step,
+                            seed=seed, precision=str(trainer.precision), test_metrics=stage_metrics(trainer, "test"),
+                            measured=measured, run_dir=str(run.path), wandb_dir=wandb_run_dir(trainer.loggers),
+                            val_metrics=val)
+    if not trainer.is_global_zero:
+        return None
+    path = run.write_summary(summary, trainer.loggers)
+    print(summary_line(summary, path), flush=True)
+    hint = wandb_sync_hint(run.path)
+    if hint:
+        print(hint, flush=True)
+    return path

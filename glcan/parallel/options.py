@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
+from glcan.lit.checks import ConfigError
 from glcan.lit.pipeline import PipelineError, PipelineStrategy, check_pipeline
 
 DDP_STRATEGY = "ddp_find_unused_parameters_true"
@@ -63,7 +64,10 @@ def trainer_kwargs(parallel: Any, model: Any = None, trainer: Any = None) -> dic
     replicas processes, checked first against ``model`` and the ``trainer`` config (one line,
     before any process starts).
     """
-    mode = _get(parallel, "mode")
+    mode, strategy = _get(parallel, "mode"), _get(trainer, "strategy")
+    if isinstance(strategy, str) and strategy.startswith("ddp") and mode != "ddp":
+        raise ConfigError(f"--trainer.strategy {strategy}: local learning's backward per block needs glcan's DDP "
+                          "setting; use --parallel.mode ddp --parallel.workers N instead")
     if mode not in ("ddp", "pipeline"):
         return {}
     workers = int(_get(parallel, "workers", 2))
