@@ -93,9 +93,10 @@ def test_bad_arguments_are_one_line(argv: list[str], message: str):
 
 @pytest.mark.parametrize("grid, message", [
     ("model.num_blocks", "error: --grid 'model.num_blocks' needs key=v1,v2"),
-    ("model.nonsense=1,2", "error: --grid 'model.nonsense=1,2': unknown key 'model.nonsense'"),
-    ("model.num_block=2,4", "error: --grid 'model.num_block=2,4': unknown key 'model.num_block' (did you mean model.num_blocks?)"),
-    ("model.method=e2e,bogus", "error: --grid 'model.method=e2e,bogus': bad value 'bogus'"),
+    ("model.nonsense=1,2", "error: --grid 'model.nonsense=1,2': unknown option --model.nonsense"),
+    ("model.num_block=2,4",
+     "error: --grid 'model.num_block=2,4': unknown option --model.num_block (did you mean --model.num_blocks?)"),
+    ("model.method=e2e,bogus", "error: --grid 'model.method=e2e,bogus': --model.method: 'bogus' is not one of"),
 ])
 def test_bad_grid_fails_before_any_training(tmp_path, monkeypatch, capsys, grid, message):
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -352,11 +352,34 @@ def test_13_the_top_help_lists_every_command(capsys):
     (["fit", "--model.method", "locl"], "error: --model.method: 'locl' is not one of e2e, e2e_recompute, local, local_recompute (did you mean local?)"),
     (["fitt"], "error: unknown command 'fitt' (did you mean fit?); commands: fit, validate, test, predict, memory, "
                "compare, check-data"),
+    (["fit", "--logger.mde", "offline"], "error: unknown option --logger.mde (did you mean --logger.mode?)"),
+    (["fit", "--model.optimizer.init_args.lrr", "0.1"],  # the config's optimizer is SGD
+     "error: --model.optimizer.init_args.lrr: torch.optim.SGD takes no option 'lrr'"),
+    (["fit", "--model.optimizer.init_args.lr", "fast"], "error: --model.optimizer.init_args.lr: expected float or Tensor, got 'fast'"),
 ])
 def test_13_a_parse_error_is_one_line_with_a_suggestion(args, message, capsys):
     assert main([*args[:1], "--config", LOCAL_CONFIG, *args[1:]] if args[0] == "fit" else args) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert err == [message]
+
+
+def test_13_a_key_typo_in_a_config_file_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("model:\n  backbone: resnet20\n  hed: glcan\n")
+    assert main(["fit", "--config", str(bad)]) == 2
+    assert _err_line(capsys) == f"error: {bad}: model.hed is not an option (did you mean model.head?)"
+
+
+def test_13_help_names_every_option_the_parser_takes(capsys):
+    """The one screen is read from LightningCLI's parser: no model or data option is left out."""
+    from glcan.cli.help import options, parser
+
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    p = parser()
+    for section in ("model", "data"):
+        keys = options(p, section)
+        assert len(keys) > 10 and all(re.search(rf"\b{k}\b", out) for k in keys), section
 
 
 def test_13_a_yaml_error_names_its_file(tmp_path, capsys):

@@ -16,12 +16,12 @@ import sys
 import warnings
 from typing import Callable, Optional, Sequence
 
-from glcan.cli import compare, memory
-from glcan.cli import help as screen
-from glcan.cli.cli import CONFIGS, GLCanCLI
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.warnings import disable_possible_user_warnings
 
+from glcan.cli import compare, memory
+from glcan.cli import help as screen
+from glcan.cli.cli import CONFIGS, GLCanCLI
 from glcan.core.step import NonFiniteLoss
 
 COMMANDS: dict[str, str] = {
@@ -65,11 +65,6 @@ def check_data(args: list[str]) -> int:
     return 1 if broken else 0
 
 
-def run_subcommand(argv: list[str]) -> int:
-    """``fit``/``validate``/``test``/``predict``: one LightningCLI run; its exit status."""
-    return getattr(GLCanCLI(screen.with_run_config(argv)), "exit_code", 0)
-
-
 HANDLERS: dict[str, Callable[[list[str]], int]] = {"memory": memory.main, "compare": compare.main,
                                                     "check-data": check_data}
 
@@ -87,10 +82,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if any(a in ("-h", "--help") for a in rest):
             print(compare.HELP if command == "compare" else screen.command_help(command, COMMANDS[command], rest))
             return 0
-        rest = screen.resolve_config_files(rest)
         if command in HANDLERS:
             return HANDLERS[command](rest)
-        return run_subcommand([command, *rest])
+        return getattr(GLCanCLI([command, *rest]), "exit_code", 0)  # fit, validate, test, predict
     except (Exception, SystemExit) as e:  # noqa: BLE001 - every error is one line; GLCAN_DEBUG=1 shows its traceback
         if os.environ.get("GLCAN_DEBUG") or isinstance(e, SystemExit) and not e.code:
             raise

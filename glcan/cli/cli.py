@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+import yaml
 from jsonargparse import Namespace, namespace_to_dict
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -99,11 +100,9 @@ class GLCanCLI(LightningCLI):
             super()._set_seed()
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI would merge a checkpoint's hyperparameters into the model config here.
-        glcan's checkpoints are checked against the config instead (GLCanModule.on_load_checkpoint,
-        one line naming what differs), and ``validate``/``test``/``predict`` start from the run's
-        own config.yaml (glcan.cli.help.with_run_config); here a path that is not a checkpoint
-        gets its one line before anything is built."""
+        """Not LightningCLI's merge of a checkpoint's hyperparameters into the config: glcan checks
+        a checkpoint against the config (GLCanModule.on_load_checkpoint, one line naming what
+        differs); a path that is not a checkpoint gets its line here, before anything is built."""
         subcommand = self.config.get("subcommand")
         spec = self.config[subcommand].get("ckpt_path") if subcommand else None
         if spec and spec != "last":
@@ -183,8 +182,10 @@ class GLCanCLI(LightningCLI):
             self.run.release()
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """The command line, its ``--config`` files found and read first (an evaluation without
+        one: its checkpoint's run config)."""
         self._args = list(args or [])
-        super().parse_arguments(parser, self._args)
+        super().parse_arguments(parser, resolve_config_files(with_run_config(self._args)))
 
     # ---------------------------------------------------------------- validate / test / predict
     # LightningCLI's own, over the checkpoint; glcan.lit.records' callbacks write what they leave.
@@ -197,3 +198,50 @@ class GLCanCLI(LightningCLI):
 def run_fit(args: list[str]) -> int:
     """``train.py fit ARGS`` in this process (what ``compare`` runs for each point): its exit status."""
     return getattr(GLCanCLI(["fit", *args]), "exit_code", 0)
+
+
+def resolve_config_files(argv: list[str]) -> list[str]:
+    """``--config`` files as paths that exist: as given, else a shipped config of that name
+    (so ``--config mnist5k_resnet20_glcan_k4.yaml`` works from any directory); each is read
+    once here so that a YAML error names its file and line (jsonargparse names neither)."""
+    out: list[str] = []
+    for a in argv:
+        if a.startswith("--config="):
+            out += ["--config", str(_check_yaml(_find_config(a.partition("=")[2])))]
+        else:
+            out.append(str(_check_yaml(_find_config(a))) if out and out[-1] == "--config" else a)
+    return out
+
+
+def _find_config(value: str) -> Path:
+    given = Path(value).expanduser()
+    shipped = CONFIGS / (given.relative_to("configs") if given.parts[:1] == ("configs",) else given)
+    for path in (given, shipped):
+        if path.is_file():
+            return path.resolve()
+    raise ValueError(f"--config {value}: no such file (looked in {Path.cwd()} and in the shipped configs, {CONFIGS})")
+
+
+def _check_yaml(path: Path) -> Path:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}:{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections (model:, data:, trainer:, ...)")
+    return path
+
+
+def with_run_config(argv: list[str]) -> list[str]:
+    """``validate``/``test``/``predict`` with a checkpoint and no ``--config``: start from the
+    config of the checkpoint's run (the checkpoint describes its model; the run's config.yaml
+    also says which data it was trained on), so no data option has to be repeated."""
+    if argv[:1] not in (["validate"], ["test"], ["predict"]) or any(a.partition("=")[0] == "--config" for a in argv):
+        return argv
+    spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+    if spec in (None, "last") or not Path(spec).exists():
+        return argv
+    config = rundir.run_config_of(rundir.checkpoint_file(spec))
+    return [argv[0], "--config", str(config), *argv[1:]] if config else argv

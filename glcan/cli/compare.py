@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from glcan.cli.cli import GLCanCLI, run_fit
-from glcan.cli.help import did_you_mean, known, parse_error_line
+from glcan.cli.cli import GLCanCLI, resolve_config_files, run_fit
+from glcan.cli.help import parse_error_line
 from glcan.compare.comparison import run_comparison
 from glcan.compare.grid import CompareError, Options, expand, make_options
 
@@ -79,16 +79,12 @@ def options(cfg: Any, argv: list[str]) -> Options:
 
 def check_grid(cli: GLCanCLI, opts: Options) -> None:
     """Every grid value through the fit parser (parse only) before anything trains."""
-    keys = known(cli.parser)
     for key, values in opts.grid:
-        spec = f"{key}={','.join(values)}"
-        if key not in keys and not any(key.startswith(k + ".") for k in keys):
-            raise CompareError(f"--grid '{spec}': unknown key '{key}'{did_you_mean(key, keys)}")
         for value in values:
             try:
                 cli.parser.parse_args([*opts.fixed, f"--{key}", value], defaults=True)
             except (argparse.ArgumentError, SystemExit) as e:
-                raise CompareError(f"--grid '{spec}': bad value '{value}': {parse_error_line(e, p=cli.parser)}") from None
+                raise CompareError(f"--grid '{key}={','.join(values)}': {parse_error_line(e, p=cli.parser)}") from None
 
 
 def command_line(argv: list[str]) -> str:
@@ -99,7 +95,9 @@ def command_line(argv: list[str]) -> str:
 
 
 def parse(argv: list[str]) -> tuple[GLCanCLI, Options]:
-    """The command line, parsed once: the parser (to check grid values with) and the options."""
+    """The command line, parsed once: the parser (to check grid values with) and the options
+    (every run is given its config files by absolute path: a resumed comparison finds them)."""
+    argv = resolve_config_files(argv)
     cli = GLCanCLI(argv, run=False, instantiate=False, extra=add_arguments)
     return cli, options(cli.config, argv)
 

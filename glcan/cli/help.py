@@ -14,15 +14,12 @@ import re
 import shutil
 import textwrap
 import typing
-from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-import yaml
 from jsonargparse import ArgumentParser
 
-from glcan.cli.cli import CONFIGS, GLCanCLI
+from glcan.cli.cli import GLCanCLI
 from glcan.lit.loggers import WandbOptions
-from glcan.lit.rundir import checkpoint_file, run_config_of
 
 # Each command's flags beside its sections: LightningCLI's own in glcan's words, glcan's (None)
 # in the parser's.
@@ -159,7 +156,7 @@ def parse_error_line(error: BaseException, argv: Sequence[str] = (), p: Optional
     text = str(error).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     m = re.search(r"[Uu]nrecognized arguments: (.+)", text) or re.search(r"does not accept (?:nested )?(?:key|option) '?([\w.]+)", text) \
-        or re.search(r'[Kk]ey "(\w+)".*NestedArg\(key=\'(\w+)\'', text, re.S)  # --logger.mde
+        or re.search(r'^Parser key "(\w+)":.*Given value: NestedArg\(key=\'(\w+)\'', text, re.S)  # --logger.mde
     if m:
         bad = ".".join(m.groups()) if m.lastindex == 2 else m.group(1).split()[0]
         group = re.search(r"Group '(\w+)'", text)  # a key of a section, from a config file
@@ -171,6 +168,13 @@ def parse_error_line(error: BaseException, argv: Sequence[str] = (), p: Optional
         if configs and not any(a.lstrip("-").partition("=")[0] == key for a in argv):
             return f"{', '.join(configs)}: {key} is not an option{did_you_mean(key, known(p))}"
         return f"unknown option --{key}{did_you_mean(key, known(p)).replace('mean ', 'mean --')}"
+    m = re.search(r'key "([\w.]+)".*Option \'(\w+)\' is not accepted.*class_path=\'([\w.]+)\'', text, re.S)
+    if m:  # --model.optimizer.init_args.lrr
+        return f"--{m.group(1)}.init_args.{m.group(2)}: {m.group(3)} takes no option {m.group(2)!r}"
+    m = re.search(r'^Parser key "([\w.]+)".*?Parser key "(\w+)".*?Subtypes: \[([^]]*)\].*?Given value: (\S+?)\.? ', text, re.S)
+    if m:  # --model.optimizer.init_args.lr x
+        kinds = " or ".join(re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", m.group(3))) or "another value"
+        return f"--{m.group(1)}.init_args.{m.group(2)}: expected {kinds}, got {m.group(4)!r}"
     m = re.search(r'[Kk]ey "([^"]+)"', text)
     if m:
         key = m.group(1).split(".", 1)[1] if m.group(1).split(".", 1)[0] in ("fit", "validate", "test", "predict") \
@@ -190,54 +194,3 @@ def parse_error_line(error: BaseException, argv: Sequence[str] = (), p: Optional
     if m:
         return f"cannot use class_path {m.group(1)!r}: {lines[-1] if lines else ''}"
     return lines[0] if lines else type(error).__name__
-
-
-# ---------------------------------------------------------------- config files
-def resolve_config_files(argv: list[str]) -> list[str]:
-    """``--config`` files as paths that exist: as given, else a shipped config of that name
-    (so ``--config mnist5k_resnet20_glcan_k4.yaml`` works from any directory); each is read
-    once here so that a YAML error names its file and line (jsonargparse names neither)."""
-    out: list[str] = []
-    for a in argv:
-        if a.startswith("--config="):
-            out += ["--config", str(_check_yaml(_find_config(a.partition("=")[2])))]
-        else:
-            out.append(str(_check_yaml(_find_config(a))) if out and out[-1] == "--config" else a)
-    return out
-
-
-def _find_config(value: str) -> Path:
-    given = Path(value).expanduser()
-    shipped = CONFIGS / (given.relative_to("configs") if given.parts[:1] == ("configs",) else given)
-    for path in (given, shipped):
-        if path.is_file():
-            return path.resolve()
-    raise ValueError(f"--config {value}: no such file (looked in {Path.cwd()} and in the shipped configs, {CONFIGS})")
-
-
-def _check_yaml(path: Path) -> Path:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"{path}:{where}: YAML syntax error: {problem}") from None
-    except OSError as e:
-        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of sections (model:, data:, trainer:, ...)")
-    return path
-
-
-def with_run_config(argv: list[str]) -> list[str]:
-    """``validate``/``test``/``predict`` with a checkpoint and no ``--config``: start from the
-    config of the checkpoint's run (the checkpoint describes its model; the run's config.yaml
-    also says which data it was trained on), so no data option has to be repeated."""
-    if argv[0] == "fit" or any(a == "--config" or a.startswith("--config=") for a in argv):
-        return argv
-    spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
-    if spec in (None, "last") or not Path(spec).exists():
-        return argv
-    config = run_config_of(checkpoint_file(spec))
-    return [argv[0], "--config", str(config), *argv[1:]] if config else argv
