@@ -355,7 +355,7 @@ def test_13_the_top_help_lists_every_command(capsys):
     (["fit", "--logger.mde", "offline"], "error: unknown option --logger.mde (did you mean --logger.mode?)"),
     (["fit", "--model.optimizer.init_args.lrr", "0.1"],  # the config's optimizer is SGD
      "error: --model.optimizer.init_args.lrr: torch.optim.SGD takes no option 'lrr'"),
-    (["fit", "--model.optimizer.init_args.lr", "fast"], "error: --model.optimizer.init_args.lr: expected float or Tensor, got 'fast'"),
+    (["fit", "--model.optimizer.init_args.lr", "fast"], "error: --model.optimizer.init_args.lr: expected a number or Tensor, got 'fast'"),
 ])
 def test_13_a_parse_error_is_one_line_with_a_suggestion(args, message, capsys):
     assert main([*args[:1], "--config", LOCAL_CONFIG, *args[1:]] if args[0] == "fit" else args) == 2

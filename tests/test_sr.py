@@ -306,10 +306,10 @@ def test_bad_input_is_one_line_each(tmp_path, capsys):
         GLCanDataModule(name="sr_images", root="skimage", scale=3, patch_size=48 + 1)
 
     # Through the command line: `error: <the line>`, exit status 2.
-    assert main(["fit", "--config", SR_CONFIG, *TINY, "--data.root", str(mixed)]) == 2
+    assert main(["fit", "--config", SR_CONFIG, *TINY, "--data.root", str(mixed), "--run_dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: data.root") and "greyscale" in err[0]
-    assert main(["fit", "--config", SR_CONFIG, *TINY, "--model.head", "glcan"]) == 2
+    assert main(["fit", "--config", SR_CONFIG, *TINY, "--model.head", "glcan", "--run_dir", str(tmp_path / "run2")]) == 2
     assert "is a classification head but the data is for super-resolution" in capsys.readouterr().err
 
 

@@ -1,15 +1,17 @@
 """The command layer: ``python train.py COMMAND ...``. Nothing in the library imports it.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's own subcommands
-(glcan.cli.cli); ``memory``, ``compare`` and ``check-data`` are thin entry points over the same
-parser. Bad input ends in one line that names what is wrong (``error: ...``, exit status 2)
-instead of a traceback; ``GLCAN_DEBUG=1`` shows the traceback behind it. An error nobody
-foresaw is one line too (exit status 1), with the hint to rerun under ``GLCAN_DEBUG=1``.
+(glcan.cli.cli); ``memory`` and ``check-data`` (here) and ``compare`` (glcan.cli.compare) are
+thin entry points over the same parser. Bad input ends in one line that names what is wrong
+(``error: ...``, exit status 2) instead of a traceback; ``GLCAN_DEBUG=1`` shows the traceback
+behind it. An error nobody foresaw is one line too (exit status 1), with the hint to rerun
+under ``GLCAN_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -19,10 +21,12 @@ from typing import Callable, Optional, Sequence
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.warnings import disable_possible_user_warnings
 
-from glcan.cli import compare, memory
+from glcan.cli import compare
 from glcan.cli import help as screen
 from glcan.cli.cli import CONFIGS, GLCanCLI
 from glcan.core.step import NonFiniteLoss
+from glcan.lit.plan import memory_report
+from glcan.memory.report import format_report
 
 COMMANDS: dict[str, str] = {
     "fit": "Train one run (in one process, DDP or a pipeline), then test it and write summary.json.",
@@ -52,6 +56,21 @@ def default_args() -> list[str]:
             "--out", "runs/default_comparison"]
 
 
+def memory(args: list[str]) -> int:
+    """``train.py memory``: predict, don't train. The same parser as ``fit`` reads the config and
+    the overrides, so any key that trains also predicts (``--data.batch_size 1024``); model and
+    data are built for real (cheap: no data is read), then every method is planned and predicted
+    under FakeTensorMode (glcan.lit.plan.memory_report)."""
+    cli = GLCanCLI(args, run=False)
+    cfg, dm, model = cli.config, cli.datamodule, cli.model
+    report = memory_report(model, dm.batch_size, dm.image_shape, dm.num_classes,
+                           precision=model.hparams.precision,
+                           budget=cfg.get("budget") or model.hparams.memory_budget, prefer=model.hparams.memory_policy)
+    config = ", ".join(str(c) for c in (cfg.get("config") or [])) or None
+    print(json.dumps({"config": config, **report}) if cfg.get("json") else format_report(report, config))
+    return 0
+
+
 def check_data(args: list[str]) -> int:
     """``train.py check-data``: read every image once; list the broken ones (exit 1 if any)."""
     dm = GLCanCLI(args, run=False).datamodule
@@ -65,8 +84,7 @@ def check_data(args: list[str]) -> int:
     return 1 if broken else 0
 
 
-HANDLERS: dict[str, Callable[[list[str]], int]] = {"memory": memory.main, "compare": compare.main,
-                                                    "check-data": check_data}
+HANDLERS: dict[str, Callable[[list[str]], int]] = {"memory": memory, "compare": compare.main, "check-data": check_data}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -101,7 +119,7 @@ def fail(message: str, code: int) -> int:
 
 
 # Lightning's info lines that tell a glcan user nothing (advertising, device lists).
-NOISE = ("Tip:", "GPU available", "TPU available", "HPU available", "to estimate number of stepping batches")
+NOISE = ("Tip:", "GPU available", "TPU available", "to estimate number of stepping batches")
 
 
 def _not_noise(record: logging.LogRecord) -> bool:
@@ -117,11 +135,9 @@ def quiet() -> None:
     disable_possible_user_warnings()  # Lightning's guesses: num_workers=0 is our CPU default, a short epoch, ...
     for pattern in (
         ".*args parameter is intended to run from within Python.*",  # LightningCLI: args= is how we call it
-        ".*LightningCLI.*subclass_mode.*",
         ".*Checkpoint directory .* exists and is not empty.*",  # our run directories are resumed in place
         ".*Experiment logs directory .* exists and is not empty.*",  # metrics.csv is continued (lit.loggers)
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # inside Lightning, not ours to fix
         ".*'set_vital' is deprecated.*",  # inside torchdata's StatefulDataLoader
-        ".*`weights_only` was not set.*",  # Lightning's resume of our own checkpoints (optimizer classes)
     ):
         warnings.filterwarnings("ignore", message=pattern)

@@ -77,9 +77,8 @@ class GLCanCLI(LightningCLI):
         parser.add_argument("--json", action="store_true", help="print the report as one JSON object.")
         if self._extra is not None:
             self._extra(parser)
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
-        parser.link_arguments("data.task", "model.task", apply_on="instantiate")  # the data says what is learnt
+        for key in ("num_classes", "image_shape", "task"):  # the data says what is learnt, and from what
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("trainer.precision", "model.precision", compute_fn=precision_name)
         parser.add_instantiator(self.build_model, GLCanModule, subclasses=True)

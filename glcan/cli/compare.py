@@ -51,17 +51,14 @@ Examples:
       --data.name fake --trainer.max_epochs 1 --out runs/smoke
 """
 
+
 def add_arguments(parser: Any) -> None:
-    """compare's own options, typed, on the fit parser."""
-    parser.add_argument("--grid", type=str, action="append", default=[], help="KEY=V1,V2: one axis of the grid.")
-    parser.add_argument("--seeds", type=Optional[int], default=None, help="run seeds 0..N-1.")
-    parser.add_argument("--seed_list", type=Optional[str], default=None, help="run these seeds, e.g. 0,3.")
-    parser.add_argument("--name", type=Optional[str], default=None, help="the W&B group.")
-    parser.add_argument("--baseline", type=Optional[str], default=None,
-                        help="KEY=V: the row every other row is also paired with.")
-    parser.add_argument("--shard", type=Optional[str], default=None,
-                        help="i/n: train only every n-th point, from the i-th (a Slurm array task).")
-    parser.add_argument("--report_only", action="store_true", help="train nothing: report the runs on disk.")
+    """compare's own options, typed, on the fit parser (HELP describes them)."""
+    parser.add_argument("--grid", type=str, action="append", default=[])
+    parser.add_argument("--seeds", type=Optional[int], default=None)
+    for flag in ("--seed_list", "--name", "--baseline", "--shard"):
+        parser.add_argument(flag, type=Optional[str], default=None)
+    parser.add_argument("--report_only", action="store_true")
 
 
 def options(cfg: Any, argv: list[str]) -> Options:
@@ -72,9 +69,7 @@ def options(cfg: Any, argv: list[str]) -> Options:
         if not (own or skip):
             fixed.append(a)
         skip = own and a in OWN  # its value follows
-    return make_options(cfg.get("grid") or [], seeds=cfg.get("seeds"), seed_list=cfg.get("seed_list"),
-                        out=cfg.get("out"), name=cfg.get("name"), baseline=cfg.get("baseline"),
-                        shard=cfg.get("shard"), report_only=bool(cfg.get("report_only")), fixed=fixed)
+    return make_options(**{flag[2:]: cfg.get(flag[2:]) for flag in OWN + FLAGS}, fixed=fixed)
 
 
 def check_grid(cli: GLCanCLI, opts: Options) -> None:

@@ -134,19 +134,8 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _expected(annotation: Any) -> str:
-    """A type hint in words: ``an integer or 'auto'``."""
-    args = (annotation,) if typing.get_origin(annotation) is typing.Literal else typing.get_args(annotation) or (annotation,)
-    words = []
-    for a in args:
-        if a is type(None):
-            continue
-        if typing.get_origin(a) is typing.Literal:
-            words.append(" or ".join(repr(v) for v in typing.get_args(a)))
-        else:
-            words.append({int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-                a, getattr(a, "__name__", str(a)).replace("list", "a list")))
-    return " or ".join(words) or "a valid value"
+# How a type in jsonargparse's message reads in an error line.
+WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list", "dict": "a mapping"}
 
 
 def parse_error_line(error: BaseException, argv: Sequence[str] = (), p: Optional[ArgumentParser] = None) -> str:
@@ -171,25 +160,17 @@ def parse_error_line(error: BaseException, argv: Sequence[str] = (), p: Optional
     m = re.search(r'key "([\w.]+)".*Option \'(\w+)\' is not accepted.*class_path=\'([\w.]+)\'', text, re.S)
     if m:  # --model.optimizer.init_args.lrr
         return f"--{m.group(1)}.init_args.{m.group(2)}: {m.group(3)} takes no option {m.group(2)!r}"
-    m = re.search(r'^Parser key "([\w.]+)".*?Parser key "(\w+)".*?Subtypes: \[([^]]*)\].*?Given value: (\S+?)\.? ', text, re.S)
-    if m:  # --model.optimizer.init_args.lr x
-        kinds = " or ".join(re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", m.group(3))) or "another value"
-        return f"--{m.group(1)}.init_args.{m.group(2)}: expected {kinds}, got {m.group(4)!r}"
-    m = re.search(r'[Kk]ey "([^"]+)"', text)
-    if m:
-        key = m.group(1).split(".", 1)[1] if m.group(1).split(".", 1)[0] in ("fit", "validate", "test", "predict") \
-            else m.group(1)
-        given = re.search(r"(?:Given|Got) value: (.+)", text)
-        value = given.group(1).strip().strip("'\"") if given else None
-        annotation = next((a._typehint for a in p._actions if a.dest == key and hasattr(a, "_typehint")), None)
-        if annotation is not None and value is not None:
-            choices = _choices(annotation)
-            hint = did_you_mean(value, choices) if choices else ""
-            if typing.get_origin(annotation) is typing.Literal:
-                return f"--{key}: {value!r} is not one of {', '.join(choices)}{hint}"
-            return f"--{key}: expected {_expected(annotation)}, got {value!r}{hint}"
-        detail = next((ln for ln in lines[1:] if not ln.startswith(("Subtypes", "Errors", "Given value type"))), "")
-        return f"--{key}: {re.sub(r'Got value: .*', '', detail).lstrip('- ').strip() or 'invalid value'}"
+    keys = re.findall(r'Parser key "(?:(?:fit|validate|test|predict)\.)?([\w.]+)"', text)
+    given = re.search(r"(?:Given|Got) value: (.+?)(?:\. Got value: .*)?$", text, re.M)
+    if keys and given:  # a bad value; the innermost key's types say what was expected
+        key, value = ".init_args.".join(keys[:2]), given.group(1).strip("'\"")
+        last = text[text.rfind("Parser key"):].split("Given value type")[0]
+        choices = list(dict.fromkeys(v.strip(" '\"") for g in re.findall(r"Literal\[([^]]*)\]", last) for v in g.split(",")))
+        found = re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>|\b(list)\[", last)
+        kinds = list(dict.fromkeys(WORDS.get(k, k) for pair in found for k in pair if k and k != "NoneType"))
+        if choices and not kinds:
+            return f"--{key}: {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices)}"
+        return f"--{key}: expected {' or '.join([*(repr(c) for c in choices), *kinds]) or 'another value'}, got {value!r}"
     m = re.search(r"Problem with given class_path '([^']+)'", text)
     if m:
         return f"cannot use class_path {m.group(1)!r}: {lines[-1] if lines else ''}"
