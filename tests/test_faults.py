@@ -338,6 +338,14 @@ def test_13_every_help_fits_a_screen(command, capsys, monkeypatch):
         assert "--budget" in out and "--json" in out
 
 
+def test_13_help_into_a_pipe_whose_reader_has_gone_is_quiet():
+    """``train.py fit --help | head -1``: the reader leaves before the help is written."""
+    proc = _train_py("--help")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err.strip() == "", err
+
+
 def test_13_the_top_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -106,6 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (Exception, SystemExit) as e:  # noqa: BLE001 - every error is one line; GLCAN_DEBUG=1 shows its traceback
         if os.environ.get("GLCAN_DEBUG") or isinstance(e, SystemExit) and not e.code:
             raise
+        if isinstance(e, BrokenPipeError):  # the reader of our output is gone (| head): nothing more to say
+            return 0
         if isinstance(e, (argparse.ArgumentError, SystemExit)):  # jsonargparse's parse errors
             return fail(screen.parse_error_line(e, rest), 2)
         if isinstance(e, (ValueError, OSError, KeyError, NonFiniteLoss, MisconfigurationException)):  # bad input
@@ -130,8 +132,7 @@ def quiet() -> None:
     """Silence warnings that are false or not the user's business, where they start."""
     os.environ.setdefault("WANDB_SILENT", "true")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        if _not_noise not in logging.getLogger(name).filters:
-            logging.getLogger(name).addFilter(_not_noise)
+        logging.getLogger(name).addFilter(_not_noise)  # once: a logger keeps a filter once
     disable_possible_user_warnings()  # Lightning's guesses: num_workers=0 is our CPU default, a short epoch, ...
     for pattern in (
         ".*args parameter is intended to run from within Python.*",  # LightningCLI: args= is how we call it

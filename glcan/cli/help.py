@@ -102,10 +102,9 @@ def command_help(command: str, summary: str, rest: list[str]) -> str:
         for k, (_, text) in options(p, section).items():
             lines += _wrap(k, text, 22)
         return "\n".join(lines)
-    help_of = {a.dest: a.help for a in p._actions}
     lines = [f"usage: python train.py {command} [--config FILE ...] [--SECTION.KEY VALUE ...]", "", summary, ""]
     for flag, text in FLAGS[command].items():
-        lines += _wrap(f"--{flag}", text or help_of[flag], 20)
+        lines += _wrap(f"--{flag}", text or next(a.help for a in p._actions if a.dest == flag), 20)
     for s in sections:
         opts = options(p, s)
         if s in FIRST and s != "trainer":
