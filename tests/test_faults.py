@@ -338,6 +338,7 @@ def test_13_every_help_fits_a_screen(command, capsys, monkeypatch):
         assert "--budget" in out and "--json" in out
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_13_help_into_a_pipe_whose_reader_has_gone_is_quiet():
     """``train.py fit --help | head -1``: the reader leaves before the help is written."""
     proc = _train_py("--help")
