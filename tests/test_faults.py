@@ -427,6 +427,7 @@ def test_15_the_budget_says_when_e2e_fits(capsys):
     assert "E2E fits: train end to end" in out and out.count("budget 80.00 GiB") == 1
 
 
+@pytest.mark.slow  # plans the whole frontier at batch 512
 def test_15_num_blocks_auto_prints_its_choice_once(caplog):
     with caplog.at_level("INFO"):
         assert main(["memory", "--config", LOCAL_CONFIG, "--data.batch_size", "512", "--model.num_blocks", "auto",
