@@ -17,6 +17,7 @@ from glcan.cli.cli import GLCanCLI, resolve_config_files, run_fit
 from glcan.cli.help import parse_error_line
 from glcan.compare.comparison import run_comparison
 from glcan.compare.grid import CompareError, Options, expand, make_options
+from glcan.lit.rundir import drop_options
 
 OWN = ("--grid", "--seeds", "--seed_list", "--out", "--name", "--baseline", "--shard")
 FLAGS = ("--report_only",)
@@ -63,13 +64,7 @@ def add_arguments(parser: Any) -> None:
 
 def options(cfg: Any, argv: list[str]) -> Options:
     """compare's options from the parsed config; every run is given ``argv`` without them."""
-    fixed, skip = [], False
-    for a in argv:
-        own = a.partition("=")[0] in OWN + FLAGS
-        if not (own or skip):
-            fixed.append(a)
-        skip = own and a in OWN  # its value follows
-    return make_options(**{flag[2:]: cfg.get(flag[2:]) for flag in OWN + FLAGS}, fixed=fixed)
+    return make_options(**{flag[2:]: cfg.get(flag[2:]) for flag in OWN + FLAGS}, fixed=drop_options(argv, OWN, FLAGS))
 
 
 def check_grid(cli: GLCanCLI, opts: Options) -> None:

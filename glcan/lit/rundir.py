@@ -95,14 +95,7 @@ class RunDir:
         comparison: the comparison's own, which it passes on in ``GLCAN_RESUME_COMMAND``)."""
         if os.environ.get("GLCAN_RESUME_COMMAND"):
             return os.environ["GLCAN_RESUME_COMMAND"].splitlines()[-1]
-        keep, skip = [], False
-        for a in args:
-            if skip or a.startswith(("--ckpt_path=", "--run_dir=")):
-                skip = False
-                continue
-            skip = a in ("--ckpt_path", "--run_dir")
-            if not skip:
-                keep.append(a)
+        keep = drop_options(args, ("--ckpt_path", "--run_dir"))
         return shlex.join(["python", "train.py", *keep, "--run_dir", str(self.path), "--ckpt_path", "last"])
 
     def write_summary(self, summary: dict[str, Any], loggers: list) -> Path:
@@ -120,6 +113,17 @@ class RunDir:
         write_json(path, summary)
         log_summary(loggers, summary)
         return path
+
+
+def drop_options(argv: list[str], with_value: tuple[str, ...], flags: tuple[str, ...] = ()) -> list[str]:
+    """``argv`` without the options named: ``--opt value`` and ``--opt=value`` for those in
+    ``with_value``, the bare ``flags``."""
+    out, skip = [], False
+    for a in argv:
+        if not (skip or a.partition("=")[0] in with_value + flags):
+            out.append(a)
+        skip = not skip and a in with_value  # its value follows
+    return out
 
 
 def holder(path: str | Path) -> Optional[str]:
